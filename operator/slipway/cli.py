@@ -1,0 +1,189 @@
+"""The ``slipway`` command: offline checks for reviewers, the CRD generator and the operator.
+
+``validate`` and ``render`` need no cluster, so a GitOps pipeline can reject a bad release and show
+the objects it would produce before anything is merged. Exit codes: 0 fine, 1 invalid input,
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+import yaml
+
+from slipway import crd, models, render, validation
+
+
+class Document:
+    """One YAML document of an input file, with where it came from."""
+
+    def __init__(self, source: str, index: int, body: Any) -> None:
+        self.source = source
+        self.index = index
+        self.body = body
+
+    @property
+    def label(self) -> str:
+        name = None
+        if isinstance(self.body, dict) and isinstance(self.body.get("metadata"), dict):
+            name = self.body["metadata"].get("name")
+        return f"{self.source}: {models.KIND}/{name or '?'} (document {self.index + 1})"
+
+
+def read_documents(sources: Sequence[str], stdin: TextIO) -> Iterator[Document | str]:
+    """Yield documents, or an error line for a file that cannot be read or parsed."""
+    for source in sources:
+        try:
+            text = stdin.read() if source == "-" else pathlib.Path(source).read_text()
+        except OSError as error:
+            yield f"{source}: cannot read: {error.strerror or error}"
+            continue
+        name = "<stdin>" if source == "-" else source
+        try:
+            bodies = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error)
+            yield f"{name}:{where}: not valid YAML: {problem}"
+            continue
+        for index, body in enumerate(bodies):
+            if body is not None:
+                yield Document(name, index, body)
+
+
+def _is_ours(body: Any) -> bool:
+    if not isinstance(body, dict):
+        return True
+    api_version = str(body.get("apiVersion", ""))
+    return api_version.split("/")[0] == models.GROUP or body.get("kind") == models.KIND
+
+
+def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO,
+           *, emit: bool) -> int:
+    failed = False
+    seen = 0
+    for item in read_documents(args.filename, stdin):
+        if isinstance(item, str):
+            print(item, file=err)
+            failed = True
+            continue
+        if not _is_ours(item.body):
+            kind = item.body.get("kind", "?")
+            print(f"{item.source}: skipped {kind} (document {item.index + 1}): "
+                  f"not a {models.KIND}", file=err)
+            continue
+        seen += 1
+        try:
+            spec = validation.parse_document(item.body)
+        except validation.SpecError as error:
+            for field_error in error.errors:
+                print(f"{item.label}: {field_error}", file=err)
+            failed = True
+            continue
+        if emit:
+            meta = render.Meta.from_body(item.body)
+            if args.namespace:
+                meta = render.Meta(name=meta.name, namespace=args.namespace, uid=meta.uid,
+                                   generation=meta.generation)
+            rendered = render.render(spec, meta)
+            for obj in rendered.objects():
+                out.write(f"---\n# Source: {item.source} ({models.KIND}/{meta.name}, "
+                          f"revision {rendered.revision})\n")
+                out.write(crd.dump_yaml(obj))
+        else:
+            print(f"{item.label}: valid", file=out)
+    if seen == 0 and not failed:
+        print(f"no {models.KIND} found in {', '.join(args.filename)}", file=err)
+        return 1
+    return 1 if failed else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    return _check(args, sys.stdin, sys.stdout, sys.stderr, emit=False)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    return _check(args, sys.stdin, sys.stdout, sys.stderr, emit=True)
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    text = crd.render_crd_yaml()
+    if args.output:
+        pathlib.Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from slipway import operator_main  # imported late: it pulls in kopf and the kube client
+
+    return operator_main.run(
+        namespaces=args.namespace or [], liveness=args.liveness, standalone=args.standalone,
+        verbose=args.verbose,
+    )
+
+
+def cmd_dev_cluster(args: argparse.Namespace) -> int:
+    # Test and demo infrastructure lives outside the operator package, loaded only on request.
+    from slipway_dev import cluster
+
+    return cluster.main(args.action, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slipway", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, func, help_text in (
+        ("validate", cmd_validate, "check ModelDeployments offline; one line per error"),
+        ("render", cmd_render, "print the Deployment and Service the operator would apply"),
+    ):
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("-f", "--filename", action="append", required=True,
+                         help="YAML file (several documents allowed); '-' reads stdin; repeatable")
+        if name == "render":
+            cmd.add_argument("-n", "--namespace", help="namespace to render into "
+                             "(default: the document's, else 'default')")
+        cmd.set_defaults(func=func, namespace=None)
+
+    cmd = sub.add_parser("crd", help="print the CRD generated from the models")
+    cmd.add_argument("-o", "--output", help="write to this file instead of stdout")
+    cmd.set_defaults(func=cmd_crd)
+
+    cmd = sub.add_parser("run", help="run the operator (kopf)")
+    cmd.add_argument("-n", "--namespace", action="append",
+                     help="watch only this namespace (repeatable); default: all namespaces")
+    cmd.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                     help="kopf liveness endpoint (default: %(default)s); '' disables it")
+    cmd.add_argument("--no-standalone", dest="standalone", action="store_false",
+                     help="take part in kopf peering instead of running standalone")
+    cmd.add_argument("-v", "--verbose", action="store_true")
+    cmd.set_defaults(func=cmd_run)
+
+    cmd = sub.add_parser("dev-cluster", help="a local Kubernetes built from source (tests, demo)")
+    cmd.add_argument("action", choices=["up", "down", "status", "env"])
+    cmd.add_argument("--state-dir", help="where state lives (default: .slipway/dev-cluster)")
+    cmd.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
+    cmd.set_defaults(func=cmd_dev_cluster)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Status conditions as a small pure helper.
+
+Kubernetes convention (and kstatus): each condition has a type, status, reason, message,
+``lastTransitionTime`` and ``observedGeneration``. The transition time changes only when the status
+changes, so ``kubectl describe`` tells when something became true, not when it was last looked at,
+and an unchanged reconcile produces an unchanged status (no write).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+ROLLED_BACK = "RolledBack"
+
+# Reasons: CamelCase, one per cause an admin would act on differently.
+INVALID_SPEC = "InvalidSpec"
+PROGRESSING = "Progressing"
+ROLLOUT_COMPLETE = "RolloutComplete"
+CHILD_CONFLICT = "ChildConflict"
+APPLY_FAILED = "ApplyFailed"
+
+ORDER = (READY, RECONCILING, STALLED, ROLLED_BACK)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace(
+        "+00:00", "Z")
+
+
+def get(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    for condition in conditions or []:
+        if condition.get("type") == type_:
+            return condition
+    return None
+
+
+def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    condition = get(conditions, type_)
+    return bool(condition and condition.get("status") == "True")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    at: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return a new list with ``type_`` set; keeps lastTransitionTime if the status is unchanged."""
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    old = get(conditions, type_)
+    transition = old["lastTransitionTime"] if old and old.get("status") == value else (at or now())
+    new = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": transition,
+        "observedGeneration": generation,
+    }
+    others = [c for c in conditions or [] if c.get("type") != type_]
+    merged = others + [new]
+    rank = {name: index for index, name in enumerate(ORDER)}
+    return sorted(merged, key=lambda c: (rank.get(c.get("type", ""), len(rank)), c.get("type")))
+
+
+def remove(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
+    return [c for c in conditions or [] if c.get("type") != type_]
+
+
+def same_ignoring_time(a: list[dict[str, Any]] | None, b: list[dict[str, Any]] | None) -> bool:
+    strip = lambda cs: [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []]  # noqa: E731
+    return strip(a) == strip(b)

@@ -1,0 +1,766 @@
+"""The ModelDeployment API, modelled once.
+
+Everything else derives from these pydantic models: the CRD's OpenAPI schema (``slipway crd``),
+offline validation (``slipway validate``), the renderer's input, and the README's field
+reference. Keeping one source means the cluster, the CLI and the docs cannot disagree about what a
+valid release is.
+
+Conventions: camelCase names on the wire, unknown fields rejected, every string, list and map
+bounded (so CEL cost estimates stay in budget), and ``null`` accepted for every optional field,
+meaning "use the default" (as server-side apply treats it).
+"""
+
+from __future__ import annotations
+
+import decimal
+import re
+from typing import Annotated, Any, Literal
+
+import jsonschema
+import jsonschema.exceptions
+import pydantic
+from pydantic import Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "slipway.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["md"]
+
+# Names the renderer sets on the container itself; a user value would silently lose.
+RESERVED_ENV_NAMES = frozenset({"MODEL_NAME", "MODEL_VERSION", "MODEL_URI", "MODEL_DIGEST", "PORT"})
+
+# Kubernetes-shaped patterns. Kept as plain strings so the CRD carries the same ones.
+LABEL_VALUE = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUALIFIED_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"  # noqa: E501
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+IMAGE_REF = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"  # noqa: E501
+URI = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
+DIGEST = r"^sha256:[a-f0-9]{64}$"
+HTTP_PATH = r"^/[^\s]*$"
+HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+JSON_PATH = r"^\$((\.[A-Za-z_][A-Za-z0-9_-]*)|(\[[0-9]+\]))*$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+PERCENT_OR_INT = r"^(100|[1-9]?[0-9])%$"
+
+# Headers that the HTTP client owns: letting a smoke test set them would break the request.
+FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+def cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str, str]:
+    """A CEL validation rule as the CRD schema carries it."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+def _extra(**kw: Any) -> dict[str, Any]:
+    return {key.replace("_", "-"): value for key, value in kw.items()}
+
+
+Str63 = Annotated[str, Field(max_length=63)]
+Str253 = Annotated[str, Field(max_length=253)]
+LabelKey = Annotated[str, Field(max_length=317, pattern=QUALIFIED_KEY)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")]
+Annotation = Annotated[str, Field(max_length=4096)]
+Quantity = Annotated[int | str, Field(json_schema_extra=_extra(x_kubernetes_int_or_string=True))]
+IntOrPercent = Annotated[int | str, Field(json_schema_extra=_extra(x_kubernetes_int_or_string=True))]
+JsonObject = Annotated[
+    dict[str, Any], Field(json_schema_extra=_extra(x_kubernetes_preserve_unknown_fields=True))
+]
+
+
+class Base(pydantic.BaseModel):
+    """camelCase on the wire, unknown fields rejected, ``null`` means "the default"."""
+
+    model_config = pydantic.ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+# --------------------------------------------------------------------------------------------
+# Quantities: parsed only to compare requests with limits offline; the API server stays the
+# authority on their canonical form.
+
+_SUFFIXES = {
+    "": 1, "n": decimal.Decimal("1e-9"), "u": decimal.Decimal("1e-6"), "m": decimal.Decimal("1e-3"),
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+_QUANTITY_RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+
+
+def parse_quantity(value: int | str) -> decimal.Decimal:
+    """Parse a Kubernetes resource quantity (``500m``, ``2Gi``, ``1e3``) into a Decimal."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return decimal.Decimal(value)
+    match = _QUANTITY_RE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 500m, 2, 4Gi)")
+    number, suffix = match.group(1), match.group(2) or ""
+    if suffix[:1] in ("e", "E"):
+        return decimal.Decimal(number) * (decimal.Decimal(10) ** int(suffix[1:]))
+    return decimal.Decimal(number) * decimal.Decimal(_SUFFIXES[suffix])
+
+
+def _is_extended_resource(name: str) -> bool:
+    return "/" in name and not name.startswith("kubernetes.io/")
+
+
+# --------------------------------------------------------------------------------------------
+# spec.model
+
+
+class ModelRef(Base):
+    """The artifact being released."""
+
+    name: Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)] = Field(
+        description="Model name; becomes the app.kubernetes.io/name label."
+    )
+    version: Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)] = Field(
+        description="Model version; becomes the app.kubernetes.io/version label."
+    )
+    uri: Annotated[str, Field(max_length=2048, pattern=URI)] = Field(
+        description="Where the runtime loads the artifact from (passed as MODEL_URI)."
+    )
+    digest: Annotated[str, Field(max_length=71)] | None = Field(
+        default=None,
+        description="Expected artifact digest, sha256:<64 lowercase hex> (passed as MODEL_DIGEST).",
+        json_schema_extra=_extra(
+            x_kubernetes_validations=[
+                cel("self.matches('^sha256:[a-f0-9]{64}$')",
+                    "digest must be sha256: followed by 64 lowercase hex characters")
+            ]
+        ),
+    )
+
+    @pydantic.field_validator("digest")
+    @classmethod
+    def _digest_format(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(DIGEST, value):
+            raise ValueError("digest must be sha256: followed by 64 lowercase hex characters")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# spec.runtime
+
+
+class KeySelector(Base):
+    """A key of a ConfigMap or Secret; the operator passes the reference and never reads it."""
+
+    name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
+    key: Annotated[str, Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+    optional: bool | None = None
+
+
+class FieldSelector(Base):
+    """A field of the pod (downward API), e.g. ``metadata.name`` or ``status.podIP``."""
+
+    field_path: Annotated[str, Field(max_length=256)]
+
+
+class ResourceFieldSelector(Base):
+    """A resource of the container (downward API), e.g. ``limits.memory``."""
+
+    resource: Annotated[str, Field(max_length=256)]
+    divisor: Quantity | None = None
+
+
+class EnvVarSource(Base):
+    config_map_key_ref: KeySelector | None = None
+    secret_key_ref: KeySelector | None = None
+    field_ref: FieldSelector | None = None
+    resource_field_ref: ResourceFieldSelector | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "valueFrom needs exactly one of configMapKeyRef, secretKeyRef, fieldRef, "
+                "resourceFieldRef"
+            )
+        return self
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=_extra(
+            x_kubernetes_validations=[
+                cel("[has(self.configMapKeyRef), has(self.secretKeyRef), has(self.fieldRef), "
+                    "has(self.resourceFieldRef)].filter(x, x).size() == 1",
+                    "valueFrom needs exactly one of configMapKeyRef, secretKeyRef, fieldRef, "
+                    "resourceFieldRef")
+            ]
+        )
+    )
+
+
+class EnvVar(Base):
+    name: Annotated[str, Field(max_length=256, pattern=ENV_NAME)]
+    value: Annotated[str, Field(max_length=32768)] | None = None
+    value_from: EnvVarSource | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("set value or valueFrom, not both")
+        if self.name in RESERVED_ENV_NAMES:
+            raise ValueError(f"{self.name} is set by Slipway from spec.model/spec.runtime")
+        return self
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=_extra(
+            x_kubernetes_validations=[
+                cel("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both"),
+                cel("!(self.name in ['MODEL_NAME', 'MODEL_VERSION', 'MODEL_URI', 'MODEL_DIGEST', "
+                    "'PORT'])", "this variable is set by Slipway from spec.model/spec.runtime",
+                    field_path=".name"),
+            ]
+        )
+    )
+
+
+class EnvFromSource(Base):
+    """All keys of a ConfigMap or a Secret as variables (passed through, never read)."""
+
+    prefix: Annotated[str, Field(max_length=256)] | None = None
+    config_map_ref: NameRef | None = None
+    secret_ref: NameRef | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        if (self.config_map_ref is None) == (self.secret_ref is None):
+            raise ValueError("envFrom needs exactly one of configMapRef, secretRef")
+        return self
+
+
+class NameRef(Base):
+    name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
+    optional: bool | None = None
+
+
+class Resources(Base):
+    """Container resources; extended resources such as ``nvidia.com/gpu`` are allowed."""
+
+    requests: Annotated[dict[LabelKey, Quantity], Field(max_length=16)] | None = None
+    limits: Annotated[dict[LabelKey, Quantity], Field(max_length=16)] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        requests = {k: parse_quantity(v) for k, v in (self.requests or {}).items()}
+        limits = {k: parse_quantity(v) for k, v in (self.limits or {}).items()}
+        for name, amount in {**requests, **limits}.items():
+            if amount < 0:
+                raise ValueError(f"{name}: a quantity must not be negative")
+        for name, request in requests.items():
+            if name in limits and request > limits[name]:
+                raise ValueError(
+                    f"requests.{name} ({self.requests[name]}) exceeds "  # type: ignore[index]
+                    f"limits.{name} ({self.limits[name]})"  # type: ignore[index]
+                )
+            if _is_extended_resource(name):
+                if name not in limits:
+                    raise ValueError(f"extended resource {name} must be set in limits")
+                if request != limits[name]:
+                    raise ValueError(f"extended resource {name}: requests must equal limits")
+        for name, limit in limits.items():
+            if _is_extended_resource(name) and limit != limit.to_integral_value():
+                raise ValueError(f"extended resource {name} must be a whole number")
+        return self
+
+
+class Runtime(Base):
+    """The serving image that bundles the scoring script and its dependencies."""
+
+    image: Annotated[str, Field(max_length=512, pattern=IMAGE_REF)] = Field(
+        description="Serving image, by tag or by digest (repo@sha256:…)."
+    )
+    command: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=64)] | None = (
+        Field(default=None, description="Replaces the image's entrypoint.")
+    )
+    args: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=128)] | None = (
+        Field(default=None, description="Replaces the image's default arguments.")
+    )
+    env: Annotated[list[EnvVar], Field(max_length=128)] = Field(
+        default_factory=list,
+        description="Variables: values, or references to ConfigMaps/Secrets/pod fields that are "
+        "passed through unread. MODEL_NAME, MODEL_VERSION, MODEL_URI, MODEL_DIGEST and PORT are "
+        "set by Slipway.",
+        json_schema_extra=_extra(
+            x_kubernetes_validations=[
+                cel("self.all(e, self.exists_one(f, f.name == e.name))",
+                    "env variable names must be unique")
+            ]
+        ),
+    )
+    env_from: Annotated[list[EnvFromSource], Field(max_length=16)] = Field(
+        default_factory=list, description="Whole ConfigMaps/Secrets as variables (passed through)."
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=8080, description="Port the server listens on (also passed as PORT). Default 8080."
+    )
+    scoring_path: Annotated[str, Field(max_length=1024, pattern=HTTP_PATH)] = Field(
+        default="/score", description="Path of the scoring endpoint. Default /score."
+    )
+    resources: Resources | None = Field(default=None, description="Requests and limits.")
+    run_as_user: Annotated[int, Field(ge=1, le=2147483647)] = Field(
+        default=65532, description="Non-root UID the container runs as. Default 65532."
+    )
+
+    @pydantic.field_validator("env")
+    @classmethod
+    def _unique_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        seen: set[str] = set()
+        for var in env:
+            if var.name in seen:
+                raise ValueError(f"env variable {var.name} is set twice")
+            seen.add(var.name)
+        return env
+
+
+# --------------------------------------------------------------------------------------------
+# spec.placement
+
+
+class Toleration(Base):
+    key: Annotated[str, Field(max_length=317)] | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: Annotated[str, Field(max_length=63)] | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists must not have a value")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without key needs operator Exists")
+        return self
+
+
+class Placement(Base):
+    """Where and as whom the model pods run: GPU nodes, private registries, pod metadata."""
+
+    node_selector: Annotated[dict[LabelKey, LabelValue], Field(max_length=32)] = Field(
+        default_factory=dict, description="Node labels the pods require."
+    )
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
+        default_factory=list, description="Taints the pods tolerate (e.g. nvidia.com/gpu)."
+    )
+    affinity: JsonObject | None = Field(
+        default=None,
+        description="A Kubernetes Affinity object, passed through to the pod template.",
+    )
+    service_account_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = (
+        Field(default=None, description="ServiceAccount of the pods; when unset, the pods get no "
+              "API token mounted.")
+    )
+    image_pull_secrets: Annotated[
+        list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]], Field(max_length=16)
+    ] = Field(default_factory=list, description="Names of Secrets used to pull the image.")
+    pod_labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=32)] = Field(
+        default_factory=dict,
+        description="Extra pod labels (Slipway's own app.kubernetes.io/* and slipway.dev/* keys "
+        "are reserved).",
+    )
+    pod_annotations: Annotated[dict[LabelKey, Annotation], Field(max_length=32)] = Field(
+        default_factory=dict, description="Extra pod annotations."
+    )
+    priority_class_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
+
+    @pydantic.field_validator("pod_labels")
+    @classmethod
+    def _no_reserved_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key in labels:
+            if key.startswith(("app.kubernetes.io/", "slipway.dev/")):
+                raise ValueError(f"label {key} is reserved for Slipway")
+        return labels
+
+
+# --------------------------------------------------------------------------------------------
+# spec.probes
+
+
+class Probe(Base):
+    """An HTTP probe with the kubelet's timings."""
+
+    path: Annotated[str, Field(max_length=1024, pattern=HTTP_PATH)]
+    port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None, description="Defaults to spec.runtime.port."
+    )
+    initial_delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
+    period_seconds: Annotated[int, Field(ge=1, le=3600)] = 10
+    timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 1
+    success_threshold: Annotated[int, Field(ge=1, le=100)] = 1
+    failure_threshold: Annotated[int, Field(ge=1, le=10000)] = 3
+
+
+class Probes(Base):
+    """Health probes. Defaults suit a server that loads its model slowly: a startup probe allows
+    up to 10 minutes before liveness starts counting, instead of a long initial delay."""
+
+    readiness: Probe = Field(
+        default_factory=lambda: Probe(path="/readyz", period_seconds=5, timeout_seconds=2,
+                                      failure_threshold=3),
+        description="Default: GET /readyz every 5 s, timeout 2 s, 3 failures.",
+    )
+    liveness: Probe = Field(
+        default_factory=lambda: Probe(path="/healthz", period_seconds=10, timeout_seconds=2,
+                                      failure_threshold=3),
+        description="Default: GET /healthz every 10 s, timeout 2 s, 3 failures.",
+    )
+    startup: Probe = Field(
+        default_factory=lambda: Probe(path="/healthz", period_seconds=5, timeout_seconds=2,
+                                      failure_threshold=120),
+        description="Default: GET /healthz every 5 s, up to 120 failures (10 minutes).",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _single_success(self) -> Probes:
+        for name in ("liveness", "startup"):
+            if getattr(self, name).success_threshold != 1:
+                raise ValueError(f"{name}.successThreshold must be 1 (a Kubernetes rule)")
+        return self
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=_extra(
+            x_kubernetes_validations=[
+                cel("!has(self.liveness) || !has(self.liveness.successThreshold) || "
+                    "self.liveness.successThreshold == 1",
+                    "liveness.successThreshold must be 1", field_path=".liveness"),
+                cel("!has(self.startup) || !has(self.startup.successThreshold) || "
+                    "self.startup.successThreshold == 1",
+                    "startup.successThreshold must be 1", field_path=".startup"),
+            ]
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# spec.schema and spec.smokeTests
+
+
+def check_json_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Reject a JSON Schema that is itself invalid (draft 2020-12 unless ``$schema`` says)."""
+    if value is None:
+        return None
+    cls = jsonschema.validators.validator_for(value, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(value)
+    except jsonschema.exceptions.SchemaError as error:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise ValueError(f"not a valid JSON Schema at {where}: {error.message}") from None
+    return value
+
+
+class IOSchema(Base):
+    """The request/response contract, as JSON Schemas (draft 2020-12 unless ``$schema`` says)."""
+
+    input: JsonObject = Field(description="JSON Schema every scoring request must satisfy.")
+    output: JsonObject = Field(description="JSON Schema every scoring response must satisfy.")
+
+    @pydantic.field_validator("input", "output")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any] | None:
+        return check_json_schema(value)
+
+
+class ExpectedValue(Base):
+    """An exact value at a JSON path of the response body."""
+
+    path: Annotated[str, Field(max_length=256, pattern=JSON_PATH)] = Field(
+        description="A path such as $.predictions[0].label."
+    )
+    equals: Any = Field(
+        description="The value expected there (any JSON value).",
+        json_schema_extra=_extra(x_kubernetes_preserve_unknown_fields=True),
+    )
+
+
+class Expectation(Base):
+    status: int = Field(
+        default=200,
+        description="Expected HTTP status code (100–599). Default 200.",
+        json_schema_extra=_extra(
+            x_kubernetes_validations=[
+                cel("self >= 100 && self <= 599", "status must be an HTTP status code (100-599)")
+            ]
+        ),
+    )
+    body_schema: JsonObject | None = Field(
+        default=None,
+        description="JSON Schema of the response body. Defaults to spec.schema.output when the "
+        "test targets the scoring path and expects a 2xx status.",
+    )
+    values: Annotated[list[ExpectedValue], Field(max_length=32)] = Field(
+        default_factory=list, description="Exact values at JSON paths of the response body."
+    )
+    max_latency_ms: Annotated[int, Field(ge=1, le=600000)] | None = Field(
+        default=None, description="Latency budget of one request, in milliseconds."
+    )
+
+    @pydantic.field_validator("status")
+    @classmethod
+    def _status_code(cls, value: int) -> int:
+        if not 100 <= value <= 599:
+            raise ValueError("status must be an HTTP status code (100-599)")
+        return value
+
+    @pydantic.field_validator("body_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_json_schema(value)
+
+
+class SmokeTest(Base):
+    """One sample request and what its answer must be."""
+
+    name: Annotated[str, Field(max_length=63, pattern=DNS_LABEL)]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = Field(
+        default="POST", description="Default POST."
+    )
+    path: Annotated[str, Field(max_length=2048)] | None = Field(
+        default=None,
+        description="Path relative to the pod (never a host or scheme). Defaults to "
+        "spec.runtime.scoringPath.",
+        json_schema_extra=_extra(
+            x_kubernetes_validations=[
+                cel("self.startsWith('/') && !self.startsWith('//') && !self.contains(' ')",
+                    "path must be relative to the pod: start with a single '/', no scheme or host")
+            ]
+        ),
+    )
+    headers: Annotated[dict[Annotated[str, Field(pattern=HEADER_NAME)], Annotated[
+        str, Field(max_length=4096)]], Field(max_length=32)] = Field(default_factory=dict)
+    body: Any = Field(
+        default=None,
+        description="JSON request body.",
+        json_schema_extra=_extra(x_kubernetes_preserve_unknown_fields=True),
+    )
+    expect: Expectation = Field(default_factory=Expectation)
+
+    @pydantic.field_validator("path")
+    @classmethod
+    def _relative_path(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value.startswith("/") or value.startswith("//") or re.search(r"\s", value)
+        ):
+            raise ValueError(
+                "path must be relative to the pod: start with a single '/', no scheme or host"
+            )
+        return value
+
+    @pydantic.field_validator("headers")
+    @classmethod
+    def _allowed_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if name.lower() in FORBIDDEN_HEADERS:
+                raise ValueError(f"header {name} is set by the HTTP client and cannot be overridden")
+        return headers
+
+
+# --------------------------------------------------------------------------------------------
+# spec.rollout and spec.rollback
+
+
+class Rollout(Base):
+    progress_deadline_seconds: Annotated[int, Field(ge=10, le=86400)] = Field(
+        default=600, description="Seconds a rollout may make no progress before it fails. "
+        "Default 600."
+    )
+    max_surge: IntOrPercent = Field(
+        default="25%", description="Extra pods during a rollout (number or percent). Default 25%."
+    )
+    max_unavailable: IntOrPercent = Field(
+        default=0, description="Pods that may be missing during a rollout. Default 0."
+    )
+    smoke_test_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = Field(
+        default=10, description="Timeout of one smoke-test request. Default 10."
+    )
+    smoke_test_attempts: Annotated[int, Field(ge=1, le=10)] = Field(
+        default=3, description="Tries when a smoke test could not be sent (not when it failed). "
+        "Default 3."
+    )
+
+    @pydantic.field_validator("max_surge", "max_unavailable")
+    @classmethod
+    def _int_or_percent(cls, value: int | str) -> int | str:
+        if isinstance(value, bool):
+            raise ValueError("must be a number or a percentage")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("must not be negative")
+        elif not re.match(PERCENT_OR_INT, value):
+            raise ValueError("must be a whole number or a percentage from 0% to 100%")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _can_progress(self) -> Rollout:
+        if str(self.max_surge) in ("0", "0%") and str(self.max_unavailable) in ("0", "0%"):
+            raise ValueError("maxSurge and maxUnavailable cannot both be 0")
+        return self
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=_extra(
+            x_kubernetes_validations=[
+                cel("!(has(self.maxSurge) && string(self.maxSurge) in ['0', '0%'] && "
+                    "(!has(self.maxUnavailable) || string(self.maxUnavailable) in ['0', '0%']))",
+                    "maxSurge and maxUnavailable cannot both be 0")
+            ]
+        )
+    )
+
+
+class Rollback(Base):
+    automatic: bool = Field(
+        default=True, description="Revert to the rollback target when a release fails. Default true."
+    )
+    revision_history_limit: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=5, description="Verified revisions kept (and ReplicaSets kept). Default 5."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The spec
+
+
+class ModelDeploymentSpec(Base):
+    """A model release: artifact, runtime, contract, probes, smoke tests and a way back."""
+
+    model: ModelRef
+    runtime: Runtime
+    schema_: IOSchema = Field(alias="schema")
+    smoke_tests: Annotated[list[SmokeTest], Field(min_length=1, max_length=32)] = Field(
+        description="Requests sent to every new revision before it is called Ready.",
+        json_schema_extra=_extra(
+            x_kubernetes_validations=[
+                cel("self.all(t, self.exists_one(u, u.name == t.name))",
+                    "smoke test names must be unique")
+            ]
+        ),
+    )
+    replicas: Annotated[int, Field(ge=0, le=1000)] | None = Field(
+        default=None,
+        description="Pod count. When unset, the Deployment's replica count is left to an "
+        "autoscaler and never overwritten.",
+    )
+    placement: Placement = Field(default_factory=Placement)
+    probes: Probes = Field(default_factory=Probes)
+    rollout: Rollout = Field(default_factory=Rollout)
+    rollback: Rollback = Field(default_factory=Rollback)
+
+    @pydantic.field_validator("smoke_tests")
+    @classmethod
+    def _unique_names(cls, tests: list[SmokeTest]) -> list[SmokeTest]:
+        seen: set[str] = set()
+        for test in tests:
+            if test.name in seen:
+                raise ValueError(f"smoke test name {test.name!r} is used twice")
+            seen.add(test.name)
+        return tests
+
+    def test_path(self, test: SmokeTest) -> str:
+        return test.path or self.runtime.scoring_path
+
+    def body_schema_for(self, test: SmokeTest) -> dict[str, Any] | None:
+        """The schema a test's response must satisfy (its own, or the output contract)."""
+        if test.expect.body_schema is not None:
+            return test.expect.body_schema
+        if self.targets_scoring(test) and 200 <= test.expect.status < 300:
+            return self.schema_.output
+        return None
+
+    def targets_scoring(self, test: SmokeTest) -> bool:
+        return self.test_path(test).split("?", 1)[0] == self.runtime.scoring_path
+
+
+# --------------------------------------------------------------------------------------------
+# Status: declared in full so the API server prunes nothing the operator writes.
+
+Phase = Literal[
+    "Pending", "Progressing", "Verifying", "Ready", "Failed", "RollingBack", "RolledBack",
+    "Invalid",
+]
+
+
+class Condition(Base):
+    type: Annotated[str, Field(max_length=316)]
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[str, Field(max_length=1024)]
+    message: Annotated[str, Field(max_length=32768)] = ""
+    last_transition_time: Annotated[str, Field(max_length=64)]
+    observed_generation: int | None = None
+
+
+class RollbackTarget(Base):
+    revision: Annotated[str, Field(max_length=63)]
+    controller_revision: Annotated[str, Field(max_length=253)] | None = None
+    generation: int | None = None
+    model_version: Annotated[str, Field(max_length=63)] | None = None
+    image: Annotated[str, Field(max_length=512)] | None = None
+    verified_at: Annotated[str, Field(max_length=64)] | None = None
+
+
+class SmokeTestResult(Base):
+    name: Annotated[str, Field(max_length=63)]
+    target: Annotated[str, Field(max_length=512)]
+    outcome: Literal["Passed", "Failed", "Error"]
+    status_code: int | None = None
+    latency_ms: int | None = None
+    message: Annotated[str, Field(max_length=2048)] = ""
+
+
+class LastSmokeTest(Base):
+    revision: Annotated[str, Field(max_length=63)]
+    outcome: Literal["Passed", "Failed", "Error"]
+    started_at: Annotated[str, Field(max_length=64)] | None = None
+    finished_at: Annotated[str, Field(max_length=64)] | None = None
+    attempts: int | None = None
+    results: Annotated[list[SmokeTestResult], Field(max_length=64)] = Field(default_factory=list)
+
+
+class HistoryEntry(Base):
+    revision: Annotated[str, Field(max_length=63)]
+    generation: int | None = None
+    model_version: Annotated[str, Field(max_length=63)] | None = None
+    image: Annotated[str, Field(max_length=512)] | None = None
+    outcome: Annotated[str, Field(max_length=64)]
+    reason: Annotated[str, Field(max_length=128)] | None = None
+    at: Annotated[str, Field(max_length=64)]
+
+
+class ModelDeploymentStatus(Base):
+    phase: Phase | None = None
+    observed_generation: int | None = None
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
+    current_revision: Annotated[str, Field(max_length=63)] | None = None
+    desired_revision: Annotated[str, Field(max_length=63)] | None = None
+    ready_replicas: int | None = None
+    replicas: int | None = None
+    rollback_target: RollbackTarget | None = None
+    failed_revisions: Annotated[list[Annotated[str, Field(max_length=63)]], Field(max_length=32)] = (
+        Field(default_factory=list)
+    )
+    last_smoke_test: LastSmokeTest | None = None
+    history: Annotated[list[HistoryEntry], Field(max_length=32)] = Field(default_factory=list)
+
+
+EnvFromSource.model_rebuild()

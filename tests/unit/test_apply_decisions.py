@@ -1,0 +1,111 @@
+"""Children are written only when the live object differs from what Slipway renders."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from slipway import controller, kube, rollout
+
+DESIRED = {
+    "metadata": {"name": "iris", "namespace": "ns", "labels": {"slipway.dev/model-deployment":
+                                                               "iris"}},
+    "spec": {"replicas": 2, "template": {"spec": {"containers": [{
+        "name": "model-server", "image": "img:1",
+        "resources": {"limits": {"cpu": "1000m", "memory": "1Gi"}},
+        "ports": [{"containerPort": 8080}],
+    }]}}},
+}
+
+
+def live_copy() -> dict:
+    live = copy.deepcopy(DESIRED)
+    live["metadata"]["resourceVersion"] = "42"
+    live["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1"}
+    container = live["spec"]["template"]["spec"]["containers"][0]
+    container["resources"]["limits"]["cpu"] = "1"  # the API server's canonical form
+    container["terminationMessagePath"] = "/dev/termination-log"  # a server default
+    live["status"] = {"replicas": 2}
+    return live
+
+
+def test_server_defaults_and_canonical_quantities_are_not_drift() -> None:
+    assert not kube.needs_write(DESIRED, live_copy())
+
+
+def test_a_changed_image_is_drift() -> None:
+    live = live_copy()
+    live["spec"]["template"]["spec"]["containers"][0]["image"] = "img:hacked"
+    assert kube.needs_write(DESIRED, live)
+
+
+def test_an_extra_list_item_is_drift() -> None:
+    live = live_copy()
+    live["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
+    assert kube.needs_write(DESIRED, live)
+
+
+def test_a_missing_child_needs_a_write() -> None:
+    assert kube.needs_write(DESIRED, None)
+
+
+def test_applied_hash_changes_when_a_field_is_removed_from_the_rendering() -> None:
+    smaller = copy.deepcopy(DESIRED)
+    del smaller["spec"]["replicas"]
+    assert kube.applied_hash(smaller) != kube.applied_hash(DESIRED)
+    live = live_copy()
+    live["metadata"]["annotations"][kube.APPLIED_HASH] = kube.applied_hash(DESIRED)
+    # Without the hash, the smaller object would look like a subset and the stale field stay.
+    assert kube.needs_write(kube.with_applied_hash(smaller), live)
+    assert not kube.needs_write(kube.with_applied_hash(DESIRED), live)
+
+
+def test_refuses_to_adopt_an_object_owned_by_another_controller() -> None:
+    desired = copy.deepcopy(DESIRED)
+    desired["metadata"]["ownerReferences"] = [{"uid": "mine", "controller": True}]
+    live = live_copy()
+    live["kind"] = "Deployment"
+    live["metadata"]["ownerReferences"] = [{"uid": "theirs", "controller": True,
+                                            "kind": "HelmRelease", "name": "x"}]
+    with pytest.raises(kube.ChildConflict, match="controlled by HelmRelease x"):
+        kube.check_ownership(desired, live)
+
+
+def test_refuses_to_adopt_an_unlabelled_stranger_but_adopts_its_own_orphan() -> None:
+    desired = copy.deepcopy(DESIRED)
+    desired["metadata"]["ownerReferences"] = [{"uid": "mine", "controller": True}]
+    stranger = live_copy()
+    stranger["metadata"]["labels"] = {}
+    with pytest.raises(kube.ChildConflict, match="not managed by Slipway"):
+        kube.check_ownership(desired, stranger)
+    kube.check_ownership(desired, live_copy())  # orphan with our label: adopted
+
+
+def test_status_patch_is_none_when_nothing_changed() -> None:
+    status = {"phase": "Ready", "conditions": [{"type": "Ready"}]}
+    assert controller.status_patch(status, dict(status)) is None
+    assert controller.status_patch(status, {"phase": "Failed"}) == {"phase": "Failed",
+                                                                    "conditions": None}
+
+
+def test_rollout_status_is_stable_across_identical_reconciles() -> None:
+    state = rollout.RolloutStatus("Complete", "RolloutComplete", "2 of 2", 2, 2)
+    first = controller.rollout_status({}, 3, "abc", state)
+    second = controller.rollout_status(first, 3, "abc", state)
+    assert controller.status_patch(first, second) is None
+    assert first["phase"] == "Ready" and first["observedGeneration"] == 3
+
+
+def test_invalid_spec_becomes_stalled_with_one_warning_per_generation() -> None:
+    body = {"metadata": {"name": "iris", "namespace": "ns", "generation": 4},
+            "spec": {"model": {"name": "iris"}}}
+    first = controller.reconcile(body)
+    assert first.status["phase"] == "Invalid"
+    stalled = [c for c in first.status["conditions"] if c["type"] == "Stalled"][0]
+    assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
+    assert "spec.model.version" in stalled["message"]
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "InvalidSpec")]
+    again = controller.reconcile({**body, "status": first.status})
+    assert again.events == []
+    assert controller.status_patch(first.status, again.status) is None

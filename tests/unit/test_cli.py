@@ -1,0 +1,41 @@
+"""`slipway render` prints what the operator would apply, like `helm template`."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from slipway import cli
+from tests.conftest import EXAMPLES
+
+
+def test_render_prints_a_deployment_and_a_service_per_model_deployment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = cli.main(["render", "-f", str(EXAMPLES / "minimal.yaml"), "-f",
+                     str(EXAMPLES / "complete.yaml"), "-n", "staging"])
+    out = capsys.readouterr().out
+    assert code == 0
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("Deployment", "iris"), ("Service", "iris"),
+        ("Deployment", "fraud-scorer"), ("Service", "fraud-scorer")]
+    assert {d["metadata"]["namespace"] for d in docs} == {"staging"}
+    assert "# Source: " in out and "revision " in out
+
+
+def test_render_refuses_an_invalid_document(tmp_path: pytest.TempPathFactory,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"  # type: ignore[operator]
+    path.write_text((EXAMPLES / "minimal.yaml").read_text().replace("port", "prt")
+                    .replace('version: "1.0.0"', "version: ''"))
+    assert cli.main(["render", "-f", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "spec.model.version" in captured.err
+
+
+def test_unknown_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["deploy"])
+    assert exit_info.value.code == 2

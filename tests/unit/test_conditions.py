@@ -1,0 +1,43 @@
+"""Conditions keep their transition time while unchanged and carry the observed generation."""
+
+from __future__ import annotations
+
+from slipway import conditions
+
+
+def test_transition_time_is_kept_when_status_does_not_change() -> None:
+    first = conditions.set_condition([], "Ready", False, "Progressing", "rolling out",
+                                     generation=1, at="2026-01-01T00:00:00Z")
+    second = conditions.set_condition(first, "Ready", False, "Progressing", "2 of 3",
+                                      generation=2, at="2026-01-01T00:05:00Z")
+    (ready,) = second
+    assert ready["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert ready["message"] == "2 of 3"
+    assert ready["observedGeneration"] == 2
+
+
+def test_transition_time_moves_when_status_changes() -> None:
+    first = conditions.set_condition([], "Ready", False, "Progressing", "", generation=1,
+                                     at="2026-01-01T00:00:00Z")
+    second = conditions.set_condition(first, "Ready", True, "Verified", "", generation=1,
+                                      at="2026-01-01T00:05:00Z")
+    assert second[0]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
+    assert conditions.is_true(second, "Ready")
+
+
+def test_conditions_are_kept_in_a_stable_order() -> None:
+    conds = conditions.set_condition([], "Stalled", False, "X", "", generation=1)
+    conds = conditions.set_condition(conds, "Custom", True, "X", "", generation=1)
+    conds = conditions.set_condition(conds, "Ready", True, "X", "", generation=1)
+    assert [c["type"] for c in conds] == ["Ready", "Stalled", "Custom"]
+
+
+def test_get_and_remove() -> None:
+    conds = conditions.set_condition([], "Ready", True, "X", "", generation=1)
+    assert conditions.get(conds, "Ready")["reason"] == "X"  # type: ignore[index]
+    assert conditions.get(conds, "Stalled") is None
+    assert conditions.remove(conds, "Ready") == []
+
+
+def test_now_is_rfc3339_utc() -> None:
+    assert conditions.now().endswith("Z") and "T" in conditions.now()
