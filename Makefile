@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test unit crd check-crd lint demo cluster cluster-down clean
+.PHONY: install binaries test unit crd demo demo-down cluster cluster-status cluster-down bench clean
 
 $(STAMP): pyproject.toml
 	@echo "[setup] creating $(VENV) and installing slipway with test extras"
@@ -17,12 +17,31 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl: built once, cached.
+binaries: $(STAMP)
+	@$(PY) -m slipway_dev.binaries
+
 ## The whole test suite: import contracts, unit tests and cluster tests.
 test: $(STAMP)
 	@echo "[test] import contracts"
 	@$(VENV)/bin/lint-imports --no-cache
+	@echo "[test] control-plane binaries for the cluster tests"
+	@$(PY) -m slipway_dev.binaries
 	@echo "[test] pytest (unit and cluster tests)"
 	@$(PY) -m pytest
+
+## The main job: local cluster, operator and the reference model, shown until Ready.
+demo: $(STAMP)
+	@$(PY) -m slipway_dev.demo
+
+demo-down cluster-down: $(STAMP)
+	@$(VENV)/bin/slipway dev-cluster down
+
+cluster: $(STAMP)
+	@$(VENV)/bin/slipway dev-cluster up
+
+cluster-status: $(STAMP)
+	@$(VENV)/bin/slipway dev-cluster status
 
 ## Unit tests only: no cluster, seconds.
 unit: $(STAMP)

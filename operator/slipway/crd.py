@@ -30,7 +30,6 @@ NAME_RULE = models.cel(
     "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
     "metadata.name must be a DNS-1035 label (at most 63 characters: lowercase letters, digits "
     "and '-', starting with a letter), because it names the Deployment and the Service",
-    field_path=".metadata.name",
 )
 
 
@@ -84,7 +83,8 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") ->
         return _ordered(out)
 
     for key, value in node.items():
-        if key in _DROP or key in ("properties", "items", "additionalProperties", "required"):
+        if key in _DROP or key in ("properties", "items", "additionalProperties", "required",
+                                   "patternProperties"):
             continue
         out[key] = value
 
@@ -98,6 +98,11 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") ->
             if node.get("required"):
                 out["required"] = list(node["required"])
         extra = node.get("additionalProperties")
+        # Pydantic puts constrained map keys in patternProperties, which CRDs forbid; the key
+        # rule stays with the models (validate and the operator still check it).
+        pattern_props = node.get("patternProperties")
+        if pattern_props and not isinstance(extra, dict):
+            (extra,) = pattern_props.values()
         if isinstance(extra, dict):
             out["additionalProperties"] = to_structural(extra, defs, f"{path}[*]")
             if "maxProperties" not in out:

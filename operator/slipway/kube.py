@@ -68,8 +68,11 @@ def is_subset(desired: Any, live: Any, path: str = "") -> bool:
     if isinstance(desired, dict):
         if not isinstance(live, dict):
             return False
-        return all(key in live and is_subset(value, live[key], f"{path}.{key}")
-                   for key, value in desired.items())
+        # Go's omitempty drops zero values on the way back: a missing 0/false/""/{} is equal.
+        return all(
+            is_subset(value, live[key], f"{path}.{key}") if key in live
+            else _is_empty(value)
+            for key, value in desired.items())
     if isinstance(desired, list):
         if not isinstance(live, list) or len(desired) != len(live):
             return False
@@ -85,6 +88,10 @@ def is_subset(desired: Any, live: Any, path: str = "") -> bool:
             not isinstance(desired, bool) and not isinstance(live, bool):
         return str(desired) == str(live)
     return False
+
+
+def _is_empty(value: Any) -> bool:
+    return value in (0, False, "", None) or value == {} or value == []
 
 
 def applied_hash(obj: dict[str, Any]) -> str:

@@ -94,9 +94,11 @@ def owner_references(meta: Meta) -> list[dict[str, Any]]:
 
 
 def _probe(probe: models.Probe) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": probe.path, "port": probe.port or PORT_NAME, "scheme": "HTTP"},
-        "initialDelaySeconds": probe.initial_delay_seconds,
+    out: dict[str, Any] = {
+        "httpGet": {"path": probe.path, "port": probe.port or PORT_NAME, "scheme": "HTTP"}}
+    if probe.initial_delay_seconds:  # the API server drops a zero, so do we
+        out["initialDelaySeconds"] = probe.initial_delay_seconds
+    return out | {
         "periodSeconds": probe.period_seconds,
         "timeoutSeconds": probe.timeout_seconds,
         "successThreshold": probe.success_threshold,

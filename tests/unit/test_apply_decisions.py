@@ -34,6 +34,17 @@ def test_server_defaults_and_canonical_quantities_are_not_drift() -> None:
     assert not kube.needs_write(DESIRED, live_copy())
 
 
+def test_a_zero_the_server_omits_is_not_drift() -> None:
+    desired = copy.deepcopy(DESIRED)
+    desired["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = {
+        "initialDelaySeconds": 0, "periodSeconds": 5}
+    live = live_copy()
+    live["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = {"periodSeconds": 5}
+    assert not kube.needs_write(desired, live)
+    live["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = {"periodSeconds": 9}
+    assert kube.needs_write(desired, live)
+
+
 def test_a_changed_image_is_drift() -> None:
     live = live_copy()
     live["spec"]["template"]["spec"]["containers"][0]["image"] = "img:hacked"

@@ -38,6 +38,7 @@ def test_schema_is_structural_with_every_node_typed_and_no_refs() -> None:
     for path, node in walk(root_schema()):
         assert "$ref" not in node and "anyOf" not in node and "allOf" not in node, path
         assert "title" not in node and "default" not in node, path
+        assert "patternProperties" not in node and "propertyNames" not in node, path
         typed = "type" in node or node.get("x-kubernetes-int-or-string") or \
             node.get("x-kubernetes-preserve-unknown-fields")
         assert typed, f"{path} has no type"

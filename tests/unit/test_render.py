@@ -14,7 +14,7 @@ from slipway import crd, render, validation
 from tests import pss
 from tests.conftest import EXAMPLES, GOLDEN
 
-EXAMPLE_FILES = ["minimal.yaml", "complete.yaml"]
+EXAMPLE_FILES = ["minimal.yaml", "complete.yaml", "reference.yaml"]
 K8S_SCHEMA_VERSION = "1.36.0"
 
 
@@ -118,7 +118,7 @@ def test_owner_reference_points_at_the_model_deployment() -> None:
 def test_probes_default_to_a_startup_probe_for_slow_loading_models() -> None:
     container = rendered(load("minimal.yaml")).deployment["spec"]["template"]["spec"][
         "containers"][0]
-    assert container["livenessProbe"]["initialDelaySeconds"] == 0
+    assert "initialDelaySeconds" not in container["livenessProbe"]
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http",
@@ -147,3 +147,12 @@ def test_service_selects_every_revision_on_the_named_port() -> None:
     out = rendered(load("complete.yaml"))
     assert out.service["spec"]["selector"] == out.deployment["spec"]["selector"]["matchLabels"]
     assert out.service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_reference_example_carries_the_bundles_own_contract() -> None:
+    import json
+
+    spec = load("reference.yaml")["spec"]
+    for side in ("input", "output"):
+        bundle = json.loads((EXAMPLES / "bundle" / "schemas" / f"{side}.schema.json").read_text())
+        assert spec["schema"][side] == bundle, f"examples/reference.yaml schema.{side} drifted"

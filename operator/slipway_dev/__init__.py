@@ -1,0 +1,1 @@
+"""Developer tooling for Slipway (test binaries, local clusters)."""

@@ -1,0 +1,556 @@
+"""A real Kubernetes control plane as local processes: ``slipway dev-cluster up|down|status``.
+
+There is no Docker engine on the machines we develop and test on, so kind and minikube are out.
+This starts etcd, kube-apiserver (RBAC, Node authorizer, default admission plugins including
+PodSecurity), kube-controller-manager (all controllers), kube-scheduler and the node agent (the
+kubelet's stand-in, ``slipway_dev.nodeagent``), all on loopback with free ports and locally made
+certificates. Tests, the demo and users get the same cluster.
+
+State (certificates, kubeconfigs, logs, pids) lives in one folder; ``down`` stops every process
+``up`` started and removes the folder. ``status`` reports a crashed component instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from slipway_dev import binaries
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_STATE_DIR = pathlib.Path(".slipway") / "dev-cluster"
+STATE_FILE = "cluster.json"
+SERVICE_CIDR = "10.0.0.0/24"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started, or a component died."""
+
+
+class Progress:
+    """Step lines with elapsed time, so a long start never leaves a silent terminal."""
+
+    def __init__(self, total: int, *, quiet: bool = False) -> None:
+        self.total = total
+        self.step = 0
+        self.start = time.monotonic()
+        self.quiet = quiet
+
+    def elapsed(self) -> str:
+        return f"{time.monotonic() - self.start:5.1f}s"
+
+    def next(self, what: str) -> None:
+        self.step += 1
+        self.say(f"step {self.step}/{self.total}: {what}")
+
+    def say(self, what: str) -> None:
+        if not self.quiet:
+            print(f"[dev-cluster {self.elapsed()}] {what}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Certificates: one CA, a serving certificate for 127.0.0.1/localhost, client certificates.
+
+
+def _openssl(*args: str, cwd: pathlib.Path) -> None:
+    if shutil.which("openssl") is None:
+        raise ClusterError("openssl is needed to make the cluster's certificates "
+                           "(Debian: apt-get install openssl)")
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"openssl {' '.join(args[:2])} failed: {result.stderr.strip()}")
+
+
+def _ec_key(name: str, pki: pathlib.Path) -> None:
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key",
+             cwd=pki)
+
+
+def _signed_cert(name: str, subject: str, pki: pathlib.Path, *, server: bool = False) -> None:
+    _ec_key(name, pki)
+    _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr",
+             cwd=pki)
+    ext = pki / f"{name}.ext"
+    if server:
+        ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                       "extendedKeyUsage=serverAuth\n"
+                       "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+                       "DNS:kubernetes.default,DNS:kubernetes.default.svc\n")
+    else:
+        ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                       "extendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "365", "-sha256", "-extfile", ext.name,
+             "-out", f"{name}.crt", cwd=pki)
+
+
+def make_pki(pki: pathlib.Path) -> None:
+    pki.mkdir(parents=True, exist_ok=True)
+    _ec_key("ca", pki)
+    _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=slipway-dev-ca",
+             "-days", "365", "-sha256", "-out", "ca.crt", cwd=pki)
+    _signed_cert("apiserver", "/CN=kube-apiserver", pki, server=True)
+    _signed_cert("admin", "/O=system:masters/CN=slipway-admin", pki)
+    _signed_cert("kcm", "/CN=system:kube-controller-manager", pki)
+    _signed_cert("scheduler", "/CN=system:kube-scheduler", pki)
+    _ec_key("sa", pki)
+    _openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def write_kubeconfig(path: pathlib.Path, server: str, pki: pathlib.Path, user: str) -> None:
+    path.write_text(json.dumps({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "slipway-dev", "cluster": {
+            "server": server, "certificate-authority": str(pki / "ca.crt")}}],
+        "users": [{"name": user, "user": {
+            "client-certificate": str(pki / f"{user}.crt"),
+            "client-key": str(pki / f"{user}.key")}}],
+        "contexts": [{"name": "slipway-dev", "context": {"cluster": "slipway-dev",
+                                                         "user": user}}],
+        "current-context": "slipway-dev",
+    }, indent=2))
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclasses.dataclass
+class Component:
+    name: str
+    pid: int
+    log: str
+    health: str | None = None  # URL polled by status
+
+
+@dataclasses.dataclass
+class ClusterState:
+    state_dir: str
+    kubeconfig: str
+    server: str
+    components: list[Component]
+    network: str = "auto"
+    nodes: list[str] = dataclasses.field(default_factory=list)
+    binaries: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def save(self) -> None:
+        path = pathlib.Path(self.state_dir) / STATE_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, state_dir: pathlib.Path) -> ClusterState | None:
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        raw["components"] = [Component(**c) for c in raw["components"]]
+        return cls(**raw)
+
+    def component(self, name: str) -> Component | None:
+        return next((c for c in self.components if c.name == name), None)
+
+
+# Children started by this process: kept referenced so that they are reaped by ``down`` rather
+# than reported as leaked by the garbage collector.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _spawn(name: str, argv: list[str], logs: pathlib.Path,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    _CHILDREN[process.pid] = process
+    return process
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as dead
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _tail(path: str | pathlib.Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(pathlib.Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _ssl_context(pki: pathlib.Path, *, client: str | None = "admin",
+                 verify: bool = True) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt")) if verify else \
+        ssl._create_unverified_context()  # noqa: S323 - components' self-signed health ports
+    if client:
+        context.load_cert_chain(str(pki / f"{client}.crt"), str(pki / f"{client}.key"))
+    return context
+
+
+def probe(url: str, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False
+
+
+def wait_for(what: str, check: Any, progress: Progress, *, timeout: float,
+             process: subprocess.Popen[bytes] | None = None, log: pathlib.Path | None = None,
+             every: float = 5.0) -> None:
+    """Poll ``check`` until true, saying what is awaited every few seconds."""
+    start = time.monotonic()
+    last = start
+    while True:
+        if check():
+            return
+        if process is not None and process.poll() is not None:
+            raise ClusterError(f"{what}: process exited with {process.returncode}; last log "
+                               f"lines ({log}):\n{_tail(log) if log else ''}")
+        now = time.monotonic()
+        if now - start > timeout:
+            raise ClusterError(f"{what}: not ready after {timeout:.0f}s; last log lines "
+                               f"({log}):\n{_tail(log) if log else ''}")
+        if now - last >= every:
+            progress.say(f"  still waiting for {what} ({now - start:.0f}s of {timeout:.0f}s)")
+            last = now
+        time.sleep(0.2)
+
+
+def _kubectl(state: ClusterState, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([state.binaries["kubectl"], "--kubeconfig", state.kubeconfig, *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def up(state_dir: pathlib.Path | None = None, *, nodes: int = 1, network: str = "auto",
+       quiet: bool = False, crashloop_backoff_base: float | None = None,
+       extra_agent_args: list[str] | None = None) -> ClusterState:
+    """Start everything; return the state (kubeconfig path, pids). Stops what it started on error."""
+    state_dir = (state_dir or DEFAULT_STATE_DIR).resolve()
+    existing = ClusterState.load(state_dir)
+    if existing is not None:
+        raise ClusterError(f"a cluster already has its state in {state_dir}; run "
+                           "`slipway dev-cluster down` (or status) first")
+    progress = Progress(8, quiet=quiet)
+    progress.next("control-plane binaries (built once, cached by version)")
+    bins = {k: str(v) for k, v in binaries.ensure_binaries(verbose=not quiet).items()}
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    logs = state_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    pki = state_dir / "pki"
+    node_names = [f"node-{i + 1}" for i in range(nodes)]
+    state = ClusterState(state_dir=str(state_dir), kubeconfig=str(state_dir / "kubeconfig"),
+                         server="", components=[], network=network, nodes=node_names,
+                         binaries=bins)
+    try:
+        _start(state, progress, pki, logs, crashloop_backoff_base, extra_agent_args or [])
+    except BaseException:
+        progress.say("start failed; stopping what was started")
+        down(state_dir, quiet=True, keep_logs=True)
+        raise
+    progress.say(f"cluster is up in {progress.elapsed().strip()}")
+    return state
+
+
+def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pathlib.Path,
+           crashloop_backoff_base: float | None, extra_agent_args: list[str]) -> None:
+    state_dir = pathlib.Path(state.state_dir)
+    bins = state.binaries
+    progress.next("certificates and keys (CA, serving, admin, components, service accounts)")
+    make_pki(pki)
+
+    progress.next("etcd")
+    etcd_port, peer_port = free_port(), free_port()
+    etcd_url = f"http://127.0.0.1:{etcd_port}"
+    etcd = _spawn("etcd", [
+        bins["etcd"], "--name", "slipway-dev", "--data-dir", str(state_dir / "etcd"),
+        "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+        "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+        "--initial-cluster", f"slipway-dev=http://127.0.0.1:{peer_port}",
+        "--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", str(2 * 1024**3),
+    ], logs)
+    state.components.append(Component("etcd", etcd.pid, str(logs / "etcd.log"),
+                                      f"{etcd_url}/health"))
+    state.save()
+    wait_for("etcd /health", lambda: probe(f"{etcd_url}/health"), progress, timeout=60,
+             process=etcd, log=logs / "etcd.log")
+
+    progress.next("kube-apiserver (RBAC, default admission plugins incl. PodSecurity)")
+    api_port = free_port()
+    state.server = f"https://127.0.0.1:{api_port}"
+    apiserver = _spawn("kube-apiserver", [
+        bins["kube-apiserver"],
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        f"--secure-port={api_port}",
+        f"--cert-dir={pki}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        "--authorization-mode=Node,RBAC",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--allow-privileged=true",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        "--endpoint-reconciler-type=none",
+        "--profiling=false",
+        "--v=1",
+    ], logs)
+    state.components.append(Component("kube-apiserver", apiserver.pid,
+                                      str(logs / "kube-apiserver.log"), f"{state.server}/readyz"))
+    state.save()
+    context = _ssl_context(pki)
+    wait_for("kube-apiserver /readyz", lambda: probe(f"{state.server}/readyz", context),
+             progress, timeout=180, process=apiserver, log=logs / "kube-apiserver.log")
+    write_kubeconfig(pathlib.Path(state.kubeconfig), state.server, pki, "admin")
+    for user in ("kcm", "scheduler"):
+        write_kubeconfig(state_dir / f"{user}.kubeconfig", state.server, pki, user)
+    state.save()
+
+    progress.next("kube-controller-manager (all controllers) and kube-scheduler")
+    kcm_port, sched_port = free_port(), free_port()
+    kcm = _spawn("kube-controller-manager", [
+        bins["kube-controller-manager"],
+        f"--kubeconfig={state_dir / 'kcm.kubeconfig'}",
+        f"--authentication-kubeconfig={state_dir / 'kcm.kubeconfig'}",
+        f"--authorization-kubeconfig={state_dir / 'kcm.kubeconfig'}",
+        "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={kcm_port}",
+        f"--service-account-private-key-file={pki / 'sa.key'}",
+        f"--root-ca-file={pki / 'ca.crt'}",
+        f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+        f"--cluster-signing-key-file={pki / 'ca.key'}",
+        "--controllers=*", "--use-service-account-credentials=true",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--node-monitor-grace-period=60s",
+        "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
+        "--v=1",
+    ], logs)
+    state.components.append(Component("kube-controller-manager", kcm.pid,
+                                      str(logs / "kube-controller-manager.log"),
+                                      f"https://127.0.0.1:{kcm_port}/healthz"))
+    scheduler = _spawn("kube-scheduler", [
+        bins["kube-scheduler"],
+        f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+        f"--authentication-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+        f"--authorization-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+        "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={sched_port}",
+        "--v=1",
+    ], logs)
+    state.components.append(Component("kube-scheduler", scheduler.pid,
+                                      str(logs / "kube-scheduler.log"),
+                                      f"https://127.0.0.1:{sched_port}/healthz"))
+    state.save()
+    insecure = _ssl_context(pki, client=None, verify=False)
+    wait_for("kube-controller-manager /healthz",
+             lambda: probe(f"https://127.0.0.1:{kcm_port}/healthz", insecure), progress,
+             timeout=120, process=kcm, log=logs / "kube-controller-manager.log")
+    wait_for("kube-scheduler /healthz",
+             lambda: probe(f"https://127.0.0.1:{sched_port}/healthz", insecure), progress,
+             timeout=120, process=scheduler, log=logs / "kube-scheduler.log")
+
+    progress.next(f"node agent ({len(state.nodes)} node(s), network {state.network})")
+    agent_args = [
+        sys.executable, "-m", "slipway_dev.nodeagent", "--kubeconfig", state.kubeconfig,
+        "--nodes", ",".join(state.nodes), "--images", str(REPO_ROOT / "examples" / "images.yaml"),
+        "--state-dir", str(state_dir / "nodes"), "--network", state.network,
+        "--delete-nodes-on-exit",
+    ]
+    if state.network != "loopback":
+        bridge, cidr = pick_pod_network()
+        agent_args += ["--bridge", bridge, "--pod-cidr", cidr]
+    if crashloop_backoff_base is not None:
+        agent_args += ["--crashloop-backoff-base", str(crashloop_backoff_base)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT / "operator"), *filter(None, [env.get("PYTHONPATH")])])
+    agent = _spawn("node-agent", agent_args + extra_agent_args, logs, env=env)
+    state.components.append(Component("node-agent", agent.pid, str(logs / "node-agent.log")))
+    state.save()
+
+    progress.next("nodes Ready")
+    wait_for("nodes Ready", lambda: _nodes_ready(state), progress, timeout=90, process=agent,
+             log=logs / "node-agent.log")
+
+    progress.next("default ServiceAccount and cluster roles")
+    wait_for("ServiceAccount default/default",
+             lambda: _kubectl(state, "get", "serviceaccount", "default", "-n", "default")
+             .returncode == 0, progress, timeout=90, process=kcm,
+             log=logs / "kube-controller-manager.log")
+    state.save()
+
+
+def pick_pod_network() -> tuple[str, str]:
+    """A bridge name and pod CIDR no other local cluster uses (several may run at once)."""
+    routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
+    taken = []
+    for line in routes.splitlines():
+        with contextlib.suppress(ValueError):
+            taken.append(ipaddress.ip_network(line.split()[0], strict=False))
+    for index in range(1, 40):
+        bridge = f"slw{index}"
+        cidr = ipaddress.ip_network(f"10.{213 + index}.0.0/16")
+        if pathlib.Path(f"/sys/class/net/{bridge}").exists():
+            continue
+        if any(cidr.overlaps(net) for net in taken if net.prefixlen > 0):
+            continue
+        return bridge, str(cidr)
+    raise ClusterError("no free pod network among slw1..slw39 / 10.214-252.0.0/16")
+
+
+def _nodes_ready(state: ClusterState) -> bool:
+    result = _kubectl(state, "get", "nodes", "-o", "json")
+    if result.returncode != 0:
+        return False
+    items = json.loads(result.stdout).get("items", [])
+    ready = {
+        item["metadata"]["name"] for item in items
+        if any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in item.get("status", {}).get("conditions", []))
+    }
+    return set(state.nodes) <= ready
+
+
+def down(state_dir: pathlib.Path | None = None, *, quiet: bool = False,
+         keep_logs: bool = False) -> bool:
+    """Stop every process ``up`` started (node agent first), then remove the state folder."""
+    state_dir = (state_dir or DEFAULT_STATE_DIR).resolve()
+    state = ClusterState.load(state_dir)
+    if state is None:
+        if not quiet:
+            print(f"no cluster state in {state_dir}; nothing to stop", file=sys.stderr)
+        return False
+    for component in reversed(state.components):
+        _stop(component, grace=15 if component.name == "node-agent" else 10)
+        if not quiet:
+            print(f"[dev-cluster] stopped {component.name} (pid {component.pid})",
+                  file=sys.stderr)
+    if keep_logs:
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
+        shutil.rmtree(state_dir / "etcd", ignore_errors=True)
+    else:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return True
+
+
+def _stop(component: Component, *, grace: float) -> None:
+    _stop_pid(component.pid, grace=grace)
+    child = _CHILDREN.pop(component.pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=1)
+
+
+def _stop_pid(pid: int, *, grace: float) -> None:
+    component = Component("", pid, "")
+    if not pid_alive(component.pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(component.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and pid_alive(component.pid):
+        time.sleep(0.1)
+    if pid_alive(component.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(component.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(component.pid, signal.SIGKILL)
+
+
+def status(state_dir: pathlib.Path | None = None) -> tuple[bool, list[str]]:
+    """One line per component: running and healthy, unhealthy, or dead (with its log tail)."""
+    state_dir = (state_dir or DEFAULT_STATE_DIR).resolve()
+    state = ClusterState.load(state_dir)
+    if state is None:
+        return False, [f"no cluster in {state_dir} (start one with `slipway dev-cluster up`)"]
+    pki = state_dir / "pki"
+    lines, healthy = [], True
+    for component in state.components:
+        if not pid_alive(component.pid):
+            healthy = False
+            lines.append(f"{component.name:25} DEAD (pid {component.pid}); last log lines:\n"
+                         + _tail(component.log, 8))
+            continue
+        ok = True
+        if component.health:
+            if component.name == "kube-apiserver":
+                context: ssl.SSLContext | None = _ssl_context(pki)
+            elif component.health.startswith("https"):
+                context = _ssl_context(pki, client=None, verify=False)
+            else:
+                context = None
+            ok = probe(component.health, context)
+        healthy &= ok
+        lines.append(f"{component.name:25} {'running' if ok else 'UNHEALTHY'} "
+                     f"(pid {component.pid})")
+    if healthy:
+        nodes = _nodes_ready(state)
+        healthy &= nodes
+        lines.append(f"{'nodes':25} {'Ready' if nodes else 'NOT READY'} "
+                     f"({', '.join(state.nodes)})")
+    lines.append(f"kubeconfig: {state.kubeconfig}")
+    return healthy, lines
+
+
+def usage(state: ClusterState) -> str:
+    return (f"The cluster is up. Use it with:\n"
+            f"  export KUBECONFIG={state.kubeconfig}\n"
+            f"  {state.binaries.get('kubectl', 'kubectl')} get nodes\n"
+            f"Stop it with: slipway dev-cluster down")
+
+
+def main(action: str, args: argparse.Namespace) -> int:
+    state_dir = pathlib.Path(args.state_dir) if getattr(args, "state_dir", None) else None
+    try:
+        if action == "up":
+            state = up(state_dir, nodes=getattr(args, "nodes", 1))
+            print(usage(state))
+            return 0
+        if action == "down":
+            return 0 if down(state_dir) else 1
+        if action == "env":
+            loaded = ClusterState.load((state_dir or DEFAULT_STATE_DIR).resolve())
+            if loaded is None:
+                print("no cluster running", file=sys.stderr)
+                return 1
+            kubectl_dir = pathlib.Path(loaded.binaries["kubectl"]).parent
+            print(f"export KUBECONFIG={loaded.kubeconfig}\nexport PATH={kubectl_dir}:$PATH")
+            return 0
+        ok, lines = status(state_dir)
+        print("\n".join(lines))
+        return 0 if ok else 1
+    except (ClusterError, binaries.BinariesError) as error:
+        print(f"dev-cluster {action}: {error}", file=sys.stderr)
+        return 1

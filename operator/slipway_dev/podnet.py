@@ -1,0 +1,217 @@
+"""Network identity of the node agent's pods: one network namespace per pod, or loopback.
+
+Why it exists: Services/EndpointSlices refuse loopback addresses, and several pods of one
+Deployment all want port 8080; so in `netns` mode each pod gets its own namespace with a
+veth into a host bridge and an address of its own, reachable from the host (and nothing
+else: no default route, no forwarding, no NAT). `loopback` mode is the unprivileged
+fallback: each pod gets a distinct 127.x.y.z and is told to bind it (SLIPWAY_BIND_HOST).
+Every address handed out comes from the node's /24 inside the configured range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import ipaddress
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import threading
+from collections.abc import Sequence
+
+log = logging.getLogger("slipway.podnet")
+
+
+@dataclasses.dataclass(frozen=True)
+class PodNet:
+    ip: str
+    exec_prefix: tuple[str, ...]  # prepended to a pod's argv (ip netns exec NAME)
+    bind_host: str  # value of SLIPWAY_BIND_HOST for the pod's processes
+    netns: str = ""
+
+
+class AddressPool:
+    """Pod addresses of one node: the node's /24 (index i) inside the agent's range."""
+
+    def __init__(self, cidr: str, node_index: int) -> None:
+        network = ipaddress.ip_network(cidr)
+        subnets = list(network.subnets(new_prefix=24)) if network.prefixlen < 24 else [network]
+        if node_index >= len(subnets):
+            raise ValueError(f"{cidr} has no /24 for node #{node_index}")
+        self.subnet = subnets[node_index]
+        self._free = [str(h) for h in self.subnet.hosts()][1:]  # .1 is kept for the gateway
+        self._used: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, preferred: str = "") -> str:
+        """An address for key; preferred (the IP a pod already reports, e.g. after an agent
+        restart) is honoured when free, since the API refuses to change a pod's IPs."""
+        with self._lock:
+            if key in self._used:
+                return self._used[key]
+            if preferred in self._free:
+                self._free.remove(preferred)
+                self._used[key] = preferred
+                return preferred
+            if not self._free:
+                raise RuntimeError(f"no free pod address left in {self.subnet}")
+            ip = self._free.pop(0)
+            self._used[key] = ip
+            return ip
+
+    def give_back(self, key: str) -> None:
+        with self._lock:
+            ip = self._used.pop(key, None)
+            if ip:
+                self._free.append(ip)  # reused last, so a fresh pod rarely inherits an IP
+
+
+def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def netns_usable() -> bool:
+    """Root, an `ip` binary and a kernel that lets us create a namespace."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return False
+    probe = f"slwprobe{os.getpid()}"
+    if _run(["ip", "netns", "add", probe], check=False).returncode != 0:
+        return False
+    _run(["ip", "netns", "del", probe], check=False)
+    return True
+
+
+class LoopbackNetwork:
+    """Distinct 127.x.y.z per pod; the process must bind it itself."""
+
+    mode = "loopback"
+
+    def __init__(self, cidr: str = "127.213.0.0/16") -> None:
+        if not ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network("127.0.0.0/8")):
+            raise ValueError("loopback mode needs a range inside 127.0.0.0/8")
+        self.cidr = cidr
+
+    def host_ip(self, node_index: int) -> str:
+        return "127.0.0.1"
+
+    def pool(self, node_index: int) -> AddressPool:
+        return AddressPool(self.cidr, node_index)
+
+    def setup(self, key: str, ip: str) -> PodNet:
+        return PodNet(ip=ip, exec_prefix=(), bind_host=ip)
+
+    def teardown(self, key: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NetnsNetwork:
+    """A Linux bridge on the host and a network namespace + veth pair per pod."""
+
+    mode = "netns"
+
+    def __init__(self, bridge: str = "slw0", cidr: str = "10.213.0.0/16") -> None:
+        if len(bridge) > 6:
+            raise ValueError("bridge name must be at most 6 characters (veth names derive)")
+        self.bridge = bridge
+        self.network = ipaddress.ip_network(cidr)
+        self.gateway = str(next(self.network.hosts()))
+        self._lock_fh = open(f"/run/slipway-nodeagent-{bridge}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another node agent owns bridge {bridge}; use --bridge/--pod-cidr"
+            ) from None
+        self._check_range_is_free()
+        self._remove_leftovers()
+        _run(["ip", "link", "add", bridge, "type", "bridge"])
+        _run(["ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", bridge])
+        _run(["ip", "link", "set", bridge, "up"])
+        log.info("bridge %s %s/%d up", bridge, self.gateway, self.network.prefixlen)
+
+    def _check_range_is_free(self) -> None:
+        # Refuse a range that overlaps a route the host already has: pods must not shadow it.
+        out = _run(["ip", "-4", "route", "show"]).stdout
+        for line in out.splitlines():
+            dest, _, rest = line.partition(" ")
+            if dest == "default" or f" dev {self.bridge} " in f" {rest} ":
+                continue
+            try:
+                if ipaddress.ip_network(dest, strict=False).overlaps(self.network):
+                    raise RuntimeError(f"pod range {self.network} overlaps host route {line!r}")
+            except ValueError:
+                continue
+
+    def _remove_leftovers(self) -> None:
+        """A previous agent that died without cleanup leaves namespaces, veths, bridge."""
+        for line in _run(["ip", "netns", "list"]).stdout.splitlines():
+            name = line.split()[0] if line.strip() else ""
+            if name.startswith(f"{self.bridge}-"):
+                _run(["ip", "netns", "del", name], check=False)
+        for line in _run(["ip", "-o", "link", "show"]).stdout.splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            if name.startswith(f"{self.bridge}h") or name == self.bridge:
+                _run(["ip", "link", "del", name], check=False)
+
+    def host_ip(self, node_index: int) -> str:
+        return self.gateway
+
+    def pool(self, node_index: int) -> AddressPool:
+        return AddressPool(str(self.network), node_index)
+
+    def _names(self, key: str) -> tuple[str, str, str]:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        return f"{self.bridge}-{digest}", f"{self.bridge}h{digest}", f"{self.bridge}p{digest}"
+
+    def setup(self, key: str, ip: str) -> PodNet:
+        netns, host_if, peer_if = self._names(key)
+        self.teardown(key)  # idempotent: a half-made namespace from a failed try goes first
+        prefix = self.network.prefixlen
+        steps = [
+            ["ip", "netns", "add", netns],
+            ["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if],
+            ["ip", "link", "set", peer_if, "netns", netns],
+            ["ip", "link", "set", host_if, "master", self.bridge, "up"],
+            ["ip", "-n", netns, "link", "set", peer_if, "name", "eth0"],
+            ["ip", "-n", netns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0"],
+            ["ip", "-n", netns, "link", "set", "eth0", "up"],
+            ["ip", "-n", netns, "link", "set", "lo", "up"],
+            # deliberately no default route: pods reach the bridge subnet and nothing else
+        ]
+        try:
+            for argv in steps:
+                _run(argv)
+        except RuntimeError:
+            self.teardown(key)
+            raise
+        return PodNet(
+            ip=ip, exec_prefix=("ip", "netns", "exec", netns), bind_host="0.0.0.0", netns=netns
+        )
+
+    def teardown(self, key: str) -> None:
+        netns, host_if, _ = self._names(key)
+        _run(["ip", "link", "del", host_if], check=False)  # deletes the peer too
+        _run(["ip", "netns", "del", netns], check=False)
+
+    def close(self) -> None:
+        self._remove_leftovers()
+        pathlib.Path(self._lock_fh.name).unlink(missing_ok=True)
+        self._lock_fh.close()
+
+
+def make_network(mode: str, bridge: str, cidr: str | None) -> LoopbackNetwork | NetnsNetwork:
+    if mode == "auto":
+        mode = "netns" if netns_usable() else "loopback"
+    if mode == "netns":
+        return NetnsNetwork(bridge, cidr or "10.213.0.0/16")
+    if mode == "loopback":
+        return LoopbackNetwork(cidr or "127.213.0.0/16")
+    raise ValueError(f"unknown network mode {mode!r}")

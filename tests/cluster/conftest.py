@@ -1,0 +1,113 @@
+"""Fixtures for tests against a real control plane built from source (marker ``cluster``).
+
+One cluster per test session (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+the node agent), the CRD installed, the operator running as a subprocess watching all
+namespaces, and a fresh namespace per test labelled for the "restricted" Pod Security Standard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from slipway_dev import cluster as dev_cluster
+from tests.cluster.kube import Kubectl, wait_until
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.cluster
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/cluster/" in str(item.fspath):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[dev_cluster.ClusterState]:
+    state_dir = pathlib.Path(tempfile.mkdtemp(prefix="slipway-test-cluster-"))
+    state = dev_cluster.up(state_dir, nodes=2, crashloop_backoff_base=1.0)
+    try:
+        yield state
+    finally:
+        dev_cluster.down(state_dir, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: dev_cluster.ClusterState) -> Kubectl:
+    return Kubectl(cluster.binaries["kubectl"], cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl: Kubectl) -> str:
+    path = ROOT / "crds" / "modeldeployments.slipway.dev.yaml"
+    kubectl.run("apply", "--server-side", "-f", str(path))
+    kubectl.run("wait", "--for=condition=Established", "crd/modeldeployments.slipway.dev",
+                "--timeout=60s")
+    return "modeldeployments.slipway.dev"
+
+
+class Operator:
+    """``slipway run`` in a subprocess; can be killed and started again."""
+
+    def __init__(self, kubeconfig: str, log: pathlib.Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig, SLIPWAY_WATCH_SERVER_TIMEOUT="60")
+        with open(self.log, "ab") as out:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "slipway.cli", "run", "--liveness", ""],
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: dev_cluster.ClusterState, crd: str) -> Iterator[Operator]:
+    runner = Operator(cluster.kubeconfig, pathlib.Path(cluster.state_dir) / "logs" / "operator.log")
+    runner.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    # Readable and unique: the test's name, cut short, plus a hash of its full id.
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]
+    short = request.node.name.lower().removeprefix("test_").replace("_", "-")[:40]
+    short = "".join(c if c.isalnum() or c == "-" else "-" for c in short).strip("-")
+    name = f"t-{short}-{digest}"
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted",
+                                 "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    wait_until(lambda: kubectl.get("serviceaccount", "default", name), timeout=60,
+               what=f"ServiceAccount default in {name}")
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)

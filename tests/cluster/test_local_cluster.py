@@ -1,0 +1,189 @@
+"""The local cluster behaves like Kubernetes: admission, scheduling, probes, pod status, GC.
+
+Given/When/Then in the test bodies; everything goes through the real API server.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+
+from slipway_dev import cluster as dev_cluster
+from tests.cluster.kube import Kubectl, condition, load_yaml, wait_until
+from tests.conftest import EXAMPLES
+
+RESTRICTED = {
+    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"}},
+}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+NEVER_READY_SERVER = (
+    "import http.server, os\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(500); self.end_headers(); self.wfile.write(b'not ready')\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.HTTPServer((os.environ.get('SLIPWAY_BIND_HOST', '0.0.0.0'), 8080), H)"
+    ".serve_forever()\n"
+)
+
+
+def pod(name: str, image: str, *, command: list[str] | None = None,
+        readiness_path: str | None = None) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": image,
+                                 "securityContext": CONTAINER_SECURITY,
+                                 "ports": [{"name": "http", "containerPort": 8080}]}
+    if command:
+        container["command"] = command
+    if readiness_path:
+        container["readinessProbe"] = {"httpGet": {"path": readiness_path, "port": 8080},
+                                       "periodSeconds": 1, "failureThreshold": 1}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {**copy.deepcopy(RESTRICTED), "containers": [container],
+                     "automountServiceAccountToken": False,
+                     "terminationGracePeriodSeconds": 5}}
+
+
+def container_status(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any]:
+    obj = kubectl.get("pod", name, namespace) or {}
+    return dict(((obj.get("status") or {}).get("containerStatuses") or [{}])[0])
+
+
+def test_status_reports_every_component_running(cluster: dev_cluster.ClusterState) -> None:
+    healthy, lines = dev_cluster.status(__import__("pathlib").Path(cluster.state_dir))
+    assert healthy, lines
+    for component in dev_cluster.COMPONENTS:
+        assert any(line.startswith(component) and "running" in line for line in lines), lines
+
+
+def test_nodes_are_registered_and_ready(kubectl: Kubectl,
+                                        cluster: dev_cluster.ClusterState) -> None:
+    nodes = kubectl.get("nodes")["items"]
+    assert sorted(n["metadata"]["name"] for n in nodes) == sorted(cluster.nodes)
+    for node in nodes:
+        assert condition(node, "Ready")["status"] == "True"  # type: ignore[index]
+
+
+def test_binaries_report_the_pinned_version(kubectl: Kubectl) -> None:
+    version = json.loads(kubectl.run("version", "-o", "json").stdout)
+    assert version["serverVersion"]["gitVersion"].startswith("v1.3")
+    assert version["serverVersion"]["gitVersion"] != "v0.0.0-master"
+    assert version["clientVersion"]["gitVersion"] == version["serverVersion"]["gitVersion"]
+
+
+def test_pod_security_admission_rejects_a_privileged_pod(kubectl: Kubectl,
+                                                         namespace: str) -> None:
+    bad = pod("privileged", "busybox:1.36", command=["sleep", "60"])
+    bad["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    result = kubectl.apply(bad, namespace, check=False)
+    assert result.returncode != 0
+    assert "violates PodSecurity \"restricted:latest\"" in result.stderr
+
+
+def test_reference_model_pod_becomes_ready_through_real_http_probes(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    # Given a pod of the reference model image with HTTP probes
+    manifest = pod("model", "registry.example.com/slipway/reference-model:1.0.0",
+                   readiness_path="/readyz")
+    # When it is created
+    kubectl.apply(manifest, namespace)
+    # Then the node agent runs it, it becomes Ready and it answers on its own address
+    ready = wait_until(
+        lambda: condition(kubectl.get("pod", "model", namespace), "Ready") or {},
+        timeout=60, what="pod model Ready",
+        diagnose=lambda: kubectl.describe("pod", "model", namespace))
+    wait_until(lambda: (condition(kubectl.get("pod", "model", namespace), "Ready") or {})
+               .get("status") == "True", timeout=60, what="Ready=True",
+               diagnose=lambda: kubectl.describe("pod", "model", namespace))
+    assert ready
+    status = kubectl.get("pod", "model", namespace)["status"]
+    assert status["phase"] == "Running"
+    ip = status["podIP"]
+    body = json.dumps(json.loads((EXAMPLES / "bundle" / "sample-request.json").read_text()))
+    request = urllib.request.Request(f"http://{ip}:8080/score", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert len(answer["predictions"]) == 3
+
+
+def test_pod_whose_readiness_answers_500_never_becomes_ready(kubectl: Kubectl,
+                                                             namespace: str) -> None:
+    kubectl.apply(pod("never-ready", "busybox:1.36",
+                      command=["python3", "-c", NEVER_READY_SERVER], readiness_path="/readyz"),
+                  namespace)
+    wait_until(lambda: container_status(kubectl, namespace, "never-ready").get("started"),
+               timeout=60, what="container started",
+               diagnose=lambda: kubectl.describe("pod", "never-ready", namespace))
+    # Readiness is probed every second with failureThreshold 1: give it several chances.
+    for _ in range(12):
+        cond = condition(kubectl.get("pod", "never-ready", namespace), "Ready")
+        assert cond and cond["status"] == "False", cond
+        __import__("time").sleep(0.5)
+    assert container_status(kubectl, namespace, "never-ready")["ready"] is False
+
+
+def test_container_that_keeps_exiting_shows_crashloopbackoff_with_rising_restarts(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    kubectl.apply(pod("crasher", "registry.example.com/slipway/reference-model:1.0.0-missing-dep"),
+                  namespace)
+    wait_until(lambda: (container_status(kubectl, namespace, "crasher").get("state") or {})
+               .get("waiting", {}).get("reason") == "CrashLoopBackOff",
+               timeout=90, what="CrashLoopBackOff",
+               diagnose=lambda: kubectl.describe("pod", "crasher", namespace))
+    first = container_status(kubectl, namespace, "crasher")["restartCount"]
+    wait_until(lambda: container_status(kubectl, namespace, "crasher")["restartCount"] > first,
+               timeout=90, what="a higher restartCount",
+               diagnose=lambda: kubectl.describe("pod", "crasher", namespace))
+    last = container_status(kubectl, namespace, "crasher")
+    assert last["lastState"]["terminated"]["exitCode"] != 0
+
+
+def test_unknown_image_shows_imagepullbackoff(kubectl: Kubectl, namespace: str) -> None:
+    kubectl.apply(pod("unknown", "registry.example.com/does-not-exist:9.9"), namespace)
+    wait_until(lambda: (container_status(kubectl, namespace, "unknown").get("state") or {})
+               .get("waiting", {}).get("reason") == "ImagePullBackOff",
+               timeout=60, what="ImagePullBackOff",
+               diagnose=lambda: kubectl.describe("pod", "unknown", namespace))
+    assert kubectl.get("pod", "unknown", namespace)["status"]["phase"] == "Pending"
+
+
+def test_deleted_pod_is_stopped_and_removed(kubectl: Kubectl, namespace: str) -> None:
+    kubectl.apply(pod("short", "busybox:1.36", command=["sleep", "600"]), namespace)
+    wait_until(lambda: container_status(kubectl, namespace, "short").get("started"),
+               timeout=60, what="container started")
+    kubectl.run("delete", "pod", "short", "-n", namespace, "--wait=true", "--timeout=30s")
+    assert kubectl.get("pod", "short", namespace) is None
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda d: d["spec"]["smokeTests"][0].__setitem__("path", "http://evil.example/x"),
+     "spec.smokeTests[0].path"),
+    (lambda d: d["spec"]["model"].__setitem__("digest", "sha256:xyz"), "spec.model.digest"),
+    (lambda d: d["spec"]["runtime"].__setitem__("port", 70000), "spec.runtime.port"),
+    (lambda d: d["spec"]["smokeTests"].append(copy.deepcopy(d["spec"]["smokeTests"][0])),
+     "spec.smokeTests"),
+    (lambda d: d["spec"]["smokeTests"][0].__setitem__("expect", {"status": 999}),
+     "spec.smokeTests[0].expect.status"),
+    (lambda d: d["spec"]["runtime"].__setitem__("imagePolicy", "x"), "spec.runtime.imagePolicy"),
+    (lambda d: d["metadata"].__setitem__("name", "x" * 70), "metadata.name"),
+    (lambda d: d["spec"].__setitem__("rollout", {"maxSurge": 0, "maxUnavailable": 0}),
+     "spec.rollout"),
+], ids=["absolute-path-cel", "digest-cel", "port-openapi", "duplicate-names-cel",
+        "status-code-cel", "unknown-field", "long-name-cel", "surge-unavailable-cel"])
+def test_server_side_validation_rejects_invalid_model_deployments_naming_the_field(
+    kubectl: Kubectl, crd: str, namespace: str, mutate: Any, field: str
+) -> None:
+    doc = load_yaml(EXAMPLES / "minimal.yaml")
+    mutate(doc)
+    result = kubectl.apply(doc, namespace, check=False)
+    assert result.returncode != 0, result.stdout
+    assert field in result.stderr, result.stderr

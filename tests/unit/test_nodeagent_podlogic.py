@@ -1,0 +1,146 @@
+"""Kubelet rules of the node agent: back-off, env resolution, phase and conditions."""
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+import slipway_dev.podlogic as podlogic
+import slipway_dev.podnet as podnet
+
+POD = {
+    "metadata": {"name": "m-1", "namespace": "ml", "uid": "u-1", "labels": {"app": "iris"}},
+    "spec": {"nodeName": "node-1", "containers": [{"name": "model"}]},
+}
+
+
+def test_crashloop_backoff_restarts_at_once_then_doubles_up_to_the_cap() -> None:
+    delays = [podlogic.backoff_delay(n) for n in range(1, 9)]
+    assert delays == [0, 10, 20, 40, 80, 160, 300, 300]
+    assert [podlogic.backoff_delay(n, base=2, cap=10) for n in range(1, 6)] == [0, 2, 4, 8, 10]
+
+
+def test_backoff_is_forgotten_after_running_twice_the_cap() -> None:
+    assert podlogic.should_reset_backoff(600, cap=300)
+    assert not podlogic.should_reset_backoff(599, cap=300)
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "expected"),
+    [("Always", 0, True), ("Always", 1, True), ("OnFailure", 0, False),
+     ("OnFailure", 2, True), ("Never", 1, False)],
+)
+def test_restart_policy(policy: str, code: int, expected: bool) -> None:
+    assert podlogic.restart_wanted(policy, code) is expected
+
+
+def lookups() -> tuple[podlogic.Lookup, podlogic.Lookup]:
+    cms = {("ml", "cfg"): {"LEVEL": "debug", "MODE": "fast"}}
+    secrets = {("ml", "creds"): {"token": base64.b64encode(b"s3cret").decode()}}
+    return (
+        lambda ns, name: cms.get((ns, name)),
+        lambda ns, name: podlogic.decode_secret(secrets.get((ns, name))),
+    )
+
+
+def test_env_resolves_literals_refs_and_fields_with_container_env_winning() -> None:
+    container = {
+        "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+        "env": [
+            {"name": "PORT", "value": "9000"},
+            {"name": "URL", "value": "http://$(POD_IP):$(PORT)"},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "LEVEL"}}},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+        ],
+    }
+    cm, secret = lookups()
+    env = podlogic.resolve_env(
+        POD, container, [("PORT", "8080"), ("IMG", "1")], cm, secret, "10.213.1.2", "10.213.0.1"
+    )
+    assert env["PORT"] == "9000" and env["IMG"] == "1"
+    assert env["URL"] == "http://$(POD_IP):9000"  # POD_IP is defined after URL
+    assert env["POD_IP"] == "10.213.1.2" and env["NAME"] == "m-1" and env["APP"] == "iris"
+    assert env["LEVEL"] == "debug" and env["CFG_MODE"] == "fast" and env["TOKEN"] == "s3cret"
+
+
+def test_missing_reference_is_a_config_error_unless_optional() -> None:
+    cm, secret = lookups()
+    missing = {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "NOPE"}}}
+    with pytest.raises(podlogic.EnvError, match="NOPE"):
+        podlogic.resolve_env(POD, {"env": [missing]}, [], cm, secret)
+    missing["valueFrom"]["configMapKeyRef"]["optional"] = True
+    assert "X" not in podlogic.resolve_env(POD, {"env": [missing]}, [], cm, secret)
+    with pytest.raises(podlogic.EnvError, match="secret ml/gone not found"):
+        podlogic.resolve_env(
+            POD, {"env": [{"name": "Y", "valueFrom": {"secretKeyRef": {"name": "gone",
+                                                                         "key": "k"}}}]},
+            [], cm, secret,
+        )
+
+
+def cs(state: str, ready: bool = False, code: int = 0, ran: bool = False
+       ) -> podlogic.ContainerStatus:
+    st = podlogic.ContainerStatus(name="c", image="i", state=state, ready=ready, exit_code=code)
+    if ran:
+        st.last_terminated = {"exitCode": 1}
+    return st
+
+
+def test_phase_follows_the_kubelet() -> None:
+    assert podlogic.pod_phase("Always", [cs("waiting")], True) == "Pending"
+    assert podlogic.pod_phase("Always", [cs("running")], True) == "Running"
+    assert podlogic.pod_phase("Always", [cs("waiting", ran=True)], True) == "Running"  # crashloop
+    assert podlogic.pod_phase("Never", [cs("terminated", code=0)], True) == "Succeeded"
+    assert podlogic.pod_phase("Never", [cs("terminated", code=1)], True) == "Failed"
+    assert podlogic.pod_phase("OnFailure", [cs("terminated", code=0)], True) == "Succeeded"
+    assert podlogic.pod_phase("Always", [cs("running")], False) == "Pending"
+
+
+def conditions(pod: dict, statuses: list, now: str = "T1") -> dict:
+    return {c["type"]: c for c in podlogic.pod_conditions(pod, statuses, True, now)}
+
+
+def test_ready_follows_containers_and_keeps_transition_time_while_unchanged() -> None:
+    conds = conditions(POD, [cs("running", ready=False)])
+    assert conds["Ready"]["status"] == "False"
+    assert conds["Ready"]["reason"] == "ContainersNotReady"
+    pod = {**POD, "status": {"conditions": list(conds.values())}}
+    later = conditions(pod, [cs("running", ready=False)], now="T2")
+    assert later["Ready"]["lastTransitionTime"] == "T1"
+    flipped = conditions(pod, [cs("running", ready=True)], now="T3")
+    assert flipped["Ready"]["status"] == "True" and flipped["Ready"]["lastTransitionTime"] == "T3"
+
+
+def test_readiness_gates_hold_ready_until_their_condition_is_true() -> None:
+    pod = {**POD, "spec": {**POD["spec"], "readinessGates": [{"conditionType": "slipway/smoke"}]}}
+    conds = conditions(pod, [cs("running", ready=True)])
+    assert conds["ContainersReady"]["status"] == "True"
+    assert conds["Ready"]["status"] == "False"
+    assert conds["Ready"]["reason"] == "ReadinessGatesNotReady"
+    gated = {**pod, "status": {"conditions": [{"type": "slipway/smoke", "status": "True"}]}}
+    assert conditions(gated, [cs("running", ready=True)])["Ready"]["status"] == "True"
+    assert "slipway/smoke" not in conditions(gated, [cs("running", ready=True)])
+    assert conditions(gated, [cs("running", ready=True)])["Ready"]["reason"] is None
+
+
+def test_status_reports_ips_and_container_states() -> None:
+    st = cs("waiting", ran=True)
+    st.reason, st.restart_count = "CrashLoopBackOff", 3
+    status = podlogic.pod_status(POD, [st], [], True, "10.213.1.2", "10.213.0.1", "T0", "T1")
+    assert status["podIP"] == "10.213.1.2" and status["podIPs"] == [{"ip": "10.213.1.2"}]
+    assert status["phase"] == "Running"
+    api = status["containerStatuses"][0]
+    assert api["state"] == {"waiting": {"reason": "CrashLoopBackOff"}}
+    assert api["restartCount"] == 3 and api["lastState"] == {"terminated": {"exitCode": 1}}
+
+
+def test_address_pool_gives_each_node_its_own_slash_24_and_reuses_freed_addresses_last() -> None:
+    pool = podnet.AddressPool("10.213.0.0/16", 1)
+    assert str(pool.subnet) == "10.213.1.0/24"
+    a, b = pool.take("a"), pool.take("b")
+    assert (a, b) == ("10.213.1.2", "10.213.1.3") and pool.take("a") == a
+    pool.give_back("a")
+    assert pool.take("c") == "10.213.1.4"
