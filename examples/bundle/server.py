@@ -106,6 +106,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(413, {"error": f"request body larger than {MAX_BODY} bytes"})
             return
         raw = self.rfile.read(length)
+        # A slow model on purpose (SLIPWAY_SCORE_DELAY seconds per request), for latency-budget
+        # and restart-during-verification scenarios.
+        time.sleep(float(os.environ.get("SLIPWAY_SCORE_DELAY", "0") or 0))
         if not self.state.ready.is_set():
             self._send(503, {"error": "model is still loading; retry when /readyz is 200"})
             return

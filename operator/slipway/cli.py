@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     return operator_main.run(
         namespaces=args.namespace or [], liveness=args.liveness, standalone=args.standalone,
-        verbose=args.verbose,
+        verbose=args.verbose, metrics_port=args.metrics_port,
     )
 
 
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="watch only this namespace (repeatable); default: all namespaces")
     cmd.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="kopf liveness endpoint (default: %(default)s); '' disables it")
+    cmd.add_argument("--metrics-port", type=int, default=0,
+                     help="serve Prometheus metrics on this port (0, the default: off)")
     cmd.add_argument("--no-standalone", dest="standalone", action="store_false",
                      help="take part in kopf peering instead of running standalone")
     cmd.add_argument("-v", "--verbose", action="store_true")

@@ -1,21 +1,27 @@
 """kopf handlers: thin wrappers that hand a ModelDeployment to the controller.
 
 Plain ``def`` handlers on purpose: the kubernetes client is synchronous, and kopf runs sync
-handlers in its thread pool instead of blocking the event loop. All kopf settings live in the one
-startup handler below.
+handlers in its thread pool instead of blocking the event loop. The ModelDeployment's own changes,
+and every change of its Deployment, Service and pods (watched by Slipway's labels), lead to the
+same reconcile, so verdicts follow what happened within a second or two instead of on a polling
+delay. All kopf settings live in the one startup handler below.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import kopf
 
-from slipway import controller, kube, models, render
+from slipway import controller, kube, metrics, models, render
 
 MANAGED = {render.LABEL_MANAGED_BY: render.MANAGER}
+KOPF_PREFIX = "kopf.slipway.dev"
+COALESCER = controller.Coalescer()
+log = logging.getLogger("slipway")
 
 
 def _env_float(name: str, default: float) -> float:
@@ -24,11 +30,12 @@ def _env_float(name: str, default: float) -> float:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Progress and the last-handled spec go in annotations under our own prefix; status stays
-    # ours alone (and fully declared in the CRD).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="slipway.dev")
+    # Progress and the last-handled spec go in annotations under a prefix of kopf's own; status
+    # stays ours alone (and fully declared in the CRD). Not "slipway.dev": kopf ignores every
+    # annotation under its storage prefix, and users set slipway.dev/retry.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="slipway.dev", key="last-handled-configuration")
+        prefix=KOPF_PREFIX, key="last-handled-configuration")
     settings.persistence.finalizer = "slipway.dev/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = int(_env_float("SLIPWAY_WATCH_SERVER_TIMEOUT", 300))
@@ -41,46 +48,79 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True
 
 
-def _post(body: dict[str, Any], outcome: controller.Outcome) -> None:
-    for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+def _schedule(namespace: str, name: str, delay: float) -> None:
+    """Look again after ``delay`` seconds (a bound that no watch event will announce)."""
+    timer = threading.Timer(delay, _reconcile_quietly, args=(namespace, name))
+    timer.daemon = True
+    timer.start()
 
 
-def _reconcile(body: dict[str, Any], logger: logging.Logger | Any) -> None:
-    meta = body["metadata"]
-    with controller.lock_for(meta["namespace"], meta["name"]):
-        # Always act on the freshest copy: the event that woke us may be stale.
-        fresh = kube.read_model_deployment(meta["namespace"], meta["name"])
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+def _reconcile_quietly(namespace: str, name: str) -> None:
+    try:
+        reconcile(namespace, name)
+    except Exception:  # noqa: BLE001 - a timer thread has no caller to report to
+        log.exception("scheduled reconcile of %s/%s failed; the next change retries", namespace,
+                      name)
+
+
+def reconcile(namespace: str, name: str) -> None:
+    """Reconcile the freshest copy of one ModelDeployment, once at a time per object."""
+    errors: list[BaseException] = []
+
+    def once() -> None:
+        body = kube.read_model_deployment(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
             return
+
+        def post(event: controller.Event) -> None:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            log.info("%s/%s: %s %s: %s", namespace, name, event.type, event.reason,
+                     event.message)
+
         try:
-            outcome = controller.reconcile(fresh)
+            outcome = controller.reconcile(body, post)
         except controller.Retry as error:
-            raise kopf.TemporaryError(str(error), delay=5) from error
-        patch = controller.status_patch(fresh.get("status") or {}, outcome.status)
-        if patch:
-            kube.patch_status(meta["namespace"], meta["name"], patch)
-        _post(fresh, outcome)
-        for event in outcome.events:
-            logger.info("%s %s: %s", event.type, event.reason, event.message)
+            metrics.RECONCILES.labels("retry").inc()
+            errors.append(error)
+            return
+        except Exception:
+            metrics.RECONCILES.labels("error").inc()
+            raise
+        metrics.RECONCILES.labels("ok").inc()
+        metrics.set_phase(namespace, name, outcome.status.get("phase"))
+        if outcome.requeue_after is not None:
+            _schedule(namespace, name, outcome.requeue_after)
+
+    COALESCER.run((namespace, name), once)
+    if errors:
+        raise kopf.TemporaryError(str(errors[-1]), delay=5)
 
 
 @kopf.on.resume(models.GROUP, models.VERSION, models.PLURAL)
 @kopf.on.create(models.GROUP, models.VERSION, models.PLURAL)
 @kopf.on.update(models.GROUP, models.VERSION, models.PLURAL)
-def reconcile_model_deployment(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-    _reconcile(dict(body), logger)
+def reconcile_model_deployment(meta: kopf.Meta, **_: Any) -> None:
+    reconcile(str(meta["namespace"]), str(meta["name"]))
+
+
+@kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
+def model_deployment_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
+    """Drop the phase series of a deleted ModelDeployment (no finalizer needed for that)."""
+    if event.get("type") == "DELETED":
+        metrics.forget(str(meta["namespace"]), str(meta["name"]))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
 def child_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-    """A child changed or vanished: re-render its owner, which puts back any drift."""
+    """A child or one of its pods changed: re-evaluate the owner (drift, rollout, failures)."""
     owner = (body.get("metadata", {}).get("labels") or {}).get(render.LABEL_OWNER)
     namespace = body.get("metadata", {}).get("namespace")
     if not owner or not namespace:
         return
     try:
-        _reconcile({"metadata": {"namespace": namespace, "name": owner}}, logger)
+        reconcile(namespace, owner)
     except kopf.TemporaryError as error:
-        logger.warning("will retry on the next change: %s", error)
+        logger.warning("API error, retrying in 5 s: %s", error)
+        _schedule(namespace, owner, 5)

@@ -204,3 +204,116 @@ def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     """Merge-patch ``status`` (lists such as conditions are replaced whole)."""
     custom().patch_namespaced_custom_object_status(
         models.GROUP, models.VERSION, namespace, models.PLURAL, name, {"status": status})
+
+
+# --------------------------------------------------------------------------------------------
+# Pods of a ModelDeployment
+
+
+def list_pods(namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+    label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+    result = core().list_namespaced_pod(namespace, label_selector=label_selector)
+    return list(_sanitize(result).get("items") or [])
+
+
+# --------------------------------------------------------------------------------------------
+# Rollback targets, kept as ControllerRevisions owned by the ModelDeployment
+
+
+def read_controller_revision(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _sanitize(apps().read_namespaced_controller_revision(name, namespace))
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def list_controller_revisions(namespace: str, owner: str) -> list[dict[str, Any]]:
+    result = apps().list_namespaced_controller_revision(
+        namespace, label_selector=f"{render.LABEL_OWNER}={owner}")
+    items = list(_sanitize(result).get("items") or [])
+    return sorted(items, key=lambda item: int(item.get("revision") or 0))
+
+
+def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:
+    """Create it, or return the existing one of that name (a retried step after a restart)."""
+    meta = body["metadata"]
+    # ControllerRevision.data is immutable and compared as raw bytes. Sent as YAML, the API
+    # server converts it to canonical JSON (sorted keys, no spaces), the same bytes it produces
+    # when it re-encodes the object for a metadata patch; sent as Python's JSON it would not, and
+    # the garbage collector could never orphan or adopt the revision.
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    client = api_client()
+    method, url, headers, _, _ = client.param_serialize(
+        "POST", "/apis/apps/v1/namespaces/{namespace}/controllerrevisions",
+        path_params={"namespace": meta["namespace"]},
+        header_params={"Content-Type": "application/yaml", "Accept": "application/json"},
+        auth_settings=["BearerToken"])
+    response = client.call_api(method, url, header_params=headers, body=text)
+    response.read()
+    if 200 <= response.status < 300:
+        return dict(json.loads(response.data))
+    if response.status != 409:
+        raise ApiException(status=response.status, reason=response.reason,
+                           http_resp=response)
+    existing = read_controller_revision(meta["namespace"], meta["name"])
+    if existing is None:
+        raise ApiException(status=409, reason="ControllerRevision vanished while created")
+    owners = existing["metadata"].get("ownerReferences") or []
+    want = body["metadata"].get("ownerReferences") or []
+    if want and not any(ref.get("controller") for ref in owners):
+        # Left behind by an orphaning delete of an earlier ModelDeployment of this name: adopt.
+        apps().patch_namespaced_controller_revision(
+            meta["name"], meta["namespace"], {"metadata": {"ownerReferences": want}})
+        existing = read_controller_revision(meta["namespace"], meta["name"]) or existing
+    elif want and not any(ref.get("uid") == want[0]["uid"] for ref in owners):
+        raise ChildConflict(f"ControllerRevision {meta['name']} belongs to another owner; "
+                            "delete it so that Slipway can record its rollback target")
+    return existing
+
+
+def delete_controller_revision(namespace: str, name: str) -> None:
+    try:
+        apps().delete_namespaced_controller_revision(name, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+# --------------------------------------------------------------------------------------------
+# Reaching pods and Services from outside the cluster: the API server's proxy
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiProxy:
+    """How to send HTTP through the API server with the operator's own credentials."""
+
+    server: str
+    verify: str | bool
+    cert: tuple[str, str] | None
+    headers: dict[str, str]
+
+    def pod_url(self, namespace: str, pod: str, port: int) -> str:
+        return f"{self.server}/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy"
+
+    def service_url(self, namespace: str, service: str, port_name: str) -> str:
+        return f"{self.server}/api/v1/namespaces/{namespace}/services/{service}:{port_name}/proxy"
+
+
+def api_proxy() -> ApiProxy:
+    config = api_client().configuration
+    headers = {}
+    token = config.get_api_key_with_prefix("authorization") or config.get_api_key_with_prefix(
+        "BearerToken")
+    if token:
+        headers["Authorization"] = token
+    verify: str | bool = config.ssl_ca_cert or bool(config.verify_ssl)
+    cert = (config.cert_file, config.key_file) if config.cert_file and config.key_file else None
+    return ApiProxy(server=config.host.rstrip("/"), verify=verify, cert=cert, headers=headers)
+
+
+def in_cluster() -> bool:
+    import os
+
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))

@@ -729,15 +729,33 @@ class SmokeTestResult(Base):
 
 
 class LastSmokeTest(Base):
+    """The last verdict: which revision, for which generation, and what each request gave."""
+
     revision: Annotated[str, Field(max_length=63)]
+    generation: int | None = None
     outcome: Literal["Passed", "Failed", "Error"]
+    message: Annotated[str, Field(max_length=4096)] = ""
     started_at: Annotated[str, Field(max_length=64)] | None = None
     finished_at: Annotated[str, Field(max_length=64)] | None = None
     attempts: int | None = None
     results: Annotated[list[SmokeTestResult], Field(max_length=64)] = Field(default_factory=list)
 
 
+class LastFailure(Base):
+    """The failed release: blocked until the spec changes or the retry annotation does."""
+
+    revision: Annotated[str, Field(max_length=63)]
+    generation: int | None = None
+    reason: Annotated[str, Field(max_length=128)]
+    message: Annotated[str, Field(max_length=4096)] = ""
+    retry_token: Annotated[str, Field(max_length=253)] = ""
+    rollback_failed: bool | None = None
+    rollback_message: Annotated[str, Field(max_length=4096)] | None = None
+
+
 class HistoryEntry(Base):
+    """One verdict in the release history (newest last, bounded)."""
+
     revision: Annotated[str, Field(max_length=63)]
     generation: int | None = None
     model_version: Annotated[str, Field(max_length=63)] | None = None
@@ -756,9 +774,7 @@ class ModelDeploymentStatus(Base):
     ready_replicas: int | None = None
     replicas: int | None = None
     rollback_target: RollbackTarget | None = None
-    failed_revisions: Annotated[list[Annotated[str, Field(max_length=63)]], Field(max_length=32)] = (
-        Field(default_factory=list)
-    )
+    last_failure: LastFailure | None = None
     last_smoke_test: LastSmokeTest | None = None
     history: Annotated[list[HistoryEntry], Field(max_length=32)] = Field(default_factory=list)
 

@@ -36,6 +36,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = pathlib.Path(".slipway") / "dev-cluster"
 STATE_FILE = "cluster.json"
 SERVICE_CIDR = "10.0.0.0/24"
+OPERATOR_USER = "system:serviceaccount:slipway-system:slipway-operator"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
 
 
@@ -309,6 +310,12 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
 
     progress.next("kube-apiserver (RBAC, default admission plugins incl. PodSecurity)")
     api_port = free_port()
+    # Every request of the operator's ServiceAccount (manifests/) is audited, so that a test can
+    # prove that each RBAC rule is used (least privilege). Everything else: not logged.
+    policy = state_dir / "audit-policy.yaml"
+    policy.write_text(json.dumps({
+        "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+        "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}]}))
     state.server = f"https://127.0.0.1:{api_port}"
     apiserver = _spawn("kube-apiserver", [
         bins["kube-apiserver"],
@@ -326,6 +333,9 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--endpoint-reconciler-type=none",
+        f"--audit-policy-file={policy}",
+        f"--audit-log-path={logs / 'audit.log'}",
+        "--audit-log-maxsize=200",
         "--profiling=false",
         "--v=1",
     ], logs)

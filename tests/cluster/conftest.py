@@ -14,9 +14,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import parser as prometheus_parser
+import yaml
 
 from slipway_dev import cluster as dev_cluster
 from tests.cluster.kube import Kubectl, wait_until
@@ -55,6 +58,34 @@ def crd(kubectl: Kubectl) -> str:
     return "modeldeployments.slipway.dev"
 
 
+OPERATOR_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(cluster: dev_cluster.ClusterState, kubectl: Kubectl, crd: str) -> str:
+    """Credentials of the operator's own ServiceAccount, with the RBAC of manifests/.
+
+    The whole cluster suite runs the operator with these: a rule missing from the ClusterRole
+    fails the tests that need it, and test_zz_least_privilege fails on a rule nothing used.
+    """
+    rendered = kubectl.run("kustomize", str(ROOT / "manifests")).stdout
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] in OPERATOR_KINDS]
+    kubectl.apply(yaml.safe_dump_all(docs))
+    token = kubectl.run("create", "token", "slipway-operator", "-n", "slipway-system",
+                        "--duration=24h").stdout.strip()
+    path = pathlib.Path(cluster.state_dir) / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "local", "cluster": {
+            "server": cluster.server,
+            "certificate-authority": str(pathlib.Path(cluster.state_dir) / "pki" / "ca.crt")}}],
+        "users": [{"name": "slipway-operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local",
+                                                      "user": "slipway-operator"}}],
+    }))
+    return str(path)
+
+
 class Operator:
     """``slipway run`` in a subprocess; can be killed and started again."""
 
@@ -62,13 +93,28 @@ class Operator:
         self.kubeconfig = kubeconfig
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_port = dev_cluster.free_port()
 
     def start(self) -> None:
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, SLIPWAY_WATCH_SERVER_TIMEOUT="60")
         with open(self.log, "ab") as out:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "slipway.cli", "run", "--liveness", ""],
+                [sys.executable, "-m", "slipway.cli", "run", "--liveness", "",
+                 "--metrics-port", str(self.metrics_port)],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def metrics(self) -> str:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as page:
+            return str(page.read().decode())
+
+    def metric(self, metric_name: str, /, **labels: str) -> float:
+        """The value of one sample (0 when the series does not exist yet)."""
+        for family in prometheus_parser.text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == metric_name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
@@ -88,8 +134,9 @@ class Operator:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: dev_cluster.ClusterState, crd: str) -> Iterator[Operator]:
-    runner = Operator(cluster.kubeconfig, pathlib.Path(cluster.state_dir) / "logs" / "operator.log")
+def operator(cluster: dev_cluster.ClusterState, operator_kubeconfig: str) -> Iterator[Operator]:
+    runner = Operator(operator_kubeconfig,
+                      pathlib.Path(cluster.state_dir) / "logs" / "operator.log")
     runner.start()
     try:
         yield runner

@@ -54,7 +54,8 @@ class Kubectl:
         items = self.get("events", namespace=namespace)["items"]
         if name:
             items = [e for e in items if e["involvedObject"].get("name") == name]
-        return sorted(items, key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "",
+        # eventTime has microseconds; the older timestamps only seconds.
+        return sorted(items, key=lambda e: (e.get("eventTime") or e.get("lastTimestamp") or "",
                                             e["metadata"]["creationTimestamp"]))
 
     def describe(self, kind: str, name: str, namespace: str) -> str:

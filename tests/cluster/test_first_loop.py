@@ -62,7 +62,7 @@ def test_applying_an_example_creates_children_and_pods_become_ready(
     assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
     reasons = [e["reason"] for e in kubectl.events(namespace, "iris")
                if e["involvedObject"]["kind"] == "ModelDeployment"]
-    assert reasons[:2] == ["Created", "Created"] and "RolloutComplete" in reasons
+    assert reasons == ["Progressing", "Verifying", "Verified"]
 
 
 def test_deleting_the_model_deployment_garbage_collects_its_children(
@@ -171,6 +171,10 @@ def test_an_orphaned_child_of_the_same_name_is_adopted(
     adopted = kubectl.get("deployment", "iris", namespace)
     assert adopted["metadata"]["uid"] == orphan["metadata"]["uid"]
     assert adopted["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
+    # And so is the ControllerRevision that recorded the verified revision
+    revision = kubectl.get("controllerrevision", md["status"]["rollbackTarget"][
+        "controllerRevision"], namespace)
+    assert revision["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
 
 
 def test_removing_replicas_leaves_the_count_to_an_autoscaler(

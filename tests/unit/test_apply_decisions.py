@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from slipway import controller, kube, rollout
+from slipway import controller, kube, lifecycle, rollout
 
 DESIRED = {
     "metadata": {"name": "iris", "namespace": "ns", "labels": {"slipway.dev/model-deployment":
@@ -100,23 +100,33 @@ def test_status_patch_is_none_when_nothing_changed() -> None:
                                                                     "conditions": None}
 
 
-def test_rollout_status_is_stable_across_identical_reconciles() -> None:
+def test_composed_status_is_stable_across_identical_reconciles() -> None:
     state = rollout.RolloutStatus("Complete", "RolloutComplete", "2 of 2", 2, 2)
-    first = controller.rollout_status({}, 3, "abc", state)
-    second = controller.rollout_status(first, 3, "abc", state)
+    observed = lifecycle.Observed(generation=3, desired="abc", desired_label="model m 1",
+                                  deployment_revision="abc", rollout=state)
+    decision = lifecycle.decide(lifecycle.Recorded(), observed)
+    first = controller._compose({}, decision, observed, state)
+    second = controller._compose(first, decision, observed, state)
     assert controller.status_patch(first, second) is None
-    assert first["phase"] == "Ready" and first["observedGeneration"] == 3
+    assert first["observedGeneration"] == 3 and first["desiredRevision"] == "abc"
 
 
 def test_invalid_spec_becomes_stalled_with_one_warning_per_generation() -> None:
     body = {"metadata": {"name": "iris", "namespace": "ns", "generation": 4},
             "spec": {"model": {"name": "iris"}}}
-    first = controller.reconcile(body)
+    written: list[dict] = []
+    posted: list[controller.Event] = []
+
+    def write(namespace: str, name: str, patch: dict) -> None:
+        written.append(patch)
+
+    first = controller.reconcile(body, posted.append, write)
     assert first.status["phase"] == "Invalid"
+    assert written and written[0]["phase"] == "Invalid"
     stalled = [c for c in first.status["conditions"] if c["type"] == "Stalled"][0]
     assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
     assert "spec.model.version" in stalled["message"]
     assert [(e.type, e.reason) for e in first.events] == [("Warning", "InvalidSpec")]
-    again = controller.reconcile({**body, "status": first.status})
-    assert again.events == []
+    again = controller.reconcile({**body, "status": first.status}, posted.append, write)
+    assert again.events == [] and len(written) == 1 and len(posted) == 1
     assert controller.status_patch(first.status, again.status) is None

@@ -1,0 +1,453 @@
+"""The release lifecycle as a pure state machine.
+
+Progressing (the Deployment rolls out) → Verifying (smoke tests) → Ready (verified; becomes the
+rollback target), or → Failed → RollingBack → RolledBack (the target serves again, re-verified).
+
+``decide`` takes what was recorded in ``status`` and what is observed now, and returns the next
+phase, the conditions, the Events of the transition and the one action to take. It performs no
+I/O, so every path (including the ones after an operator restart) is covered by table tests, and
+the controller only carries decisions out. Two rules keep it from looping:
+
+- a revision that failed is *blocked* for that generation and that value of the
+  ``slipway.dev/retry`` annotation: it is not rolled out again until the spec changes or a user
+  asks for a retry;
+- if the rollback target fails too, the release is Failed and left alone: never oscillate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from slipway import conditions, rollout
+
+RETRY_ANNOTATION = "slipway.dev/retry"
+
+# Bounds of the failure triggers.
+CRASHLOOP_RESTARTS = 2  # restarts in CrashLoopBackOff before a release counts as crash-looping
+IMAGE_PULL_GRACE_SECONDS = 20.0  # ImagePullBackOff this long (from pod creation) fails a release
+COULD_NOT_TEST_LIMIT = 5  # "could not test" verdicts in a row before giving up
+COULD_NOT_TEST_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
+
+# Reasons (condition reasons and Event reasons).
+VERIFIED = "Verified"
+VERIFYING = "Verifying"
+PROGRESSING = "Progressing"
+SMOKE_TEST_FAILED = "SmokeTestFailed"
+SMOKE_TESTS_NOT_RUN = "SmokeTestsNotRun"
+DEADLINE = "ProgressDeadlineExceeded"
+CRASH_LOOP = "CrashLoop"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+ROLLING_BACK = "RollingBack"
+ROLLED_BACK = "RolledBack"
+ROLLBACK_FAILED = "RollbackFailed"
+NO_ROLLBACK_TARGET = "NoRollbackTarget"
+ROLLBACK_DISABLED = "RollbackDisabled"
+
+Action = Literal["apply-desired", "apply-target", "verify", "wait", "none"]
+Outcome = Literal["Passed", "Failed", "Error"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PodProblem:
+    reason: str  # CRASH_LOOP or IMAGE_PULL_FAILED
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SmokeResult:
+    """The verdict of the smoke tests just run against ``revision``."""
+
+    revision: str
+    outcome: Outcome
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Recorded:
+    """What ``status`` says (the operator's memory across restarts)."""
+
+    phase: str | None = None
+    desired_revision: str | None = None
+    last_failure: dict[str, Any] | None = None
+    last_smoke: dict[str, Any] | None = None
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any]) -> Recorded:
+        return cls(
+            phase=status.get("phase"),
+            desired_revision=status.get("desiredRevision"),
+            last_failure=status.get("lastFailure"),
+            last_smoke=status.get("lastSmokeTest"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    generation: int
+    desired: str
+    desired_label: str  # "model 1.0.1 (image …)", for messages
+    retry_token: str = ""
+    automatic: bool = True
+    target: str | None = None  # revision of the rollback target
+    target_label: str = ""
+    deployment_revision: str | None = None  # revision label of the live Deployment's template
+    rollout: rollout.RolloutStatus | None = None
+    pod_problem: PodProblem | None = None
+    smoke: SmokeResult | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Cond:
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    phase: str
+    action: Action
+    conditions: dict[str, Cond]
+    events: tuple[Event, ...] = ()
+    verify_revision: str | None = None  # with action "verify"
+    failure: dict[str, Any] | None = None  # a new lastFailure to record
+    clear_failure: bool = False
+    record_target: bool = False  # the desired revision is verified: it becomes the target
+    serving: str | None = None  # the revision the Deployment serves after the action
+    requeue_after: float | None = None
+
+
+def is_blocked(recorded: Recorded, observed: Observed) -> bool:
+    failure = recorded.last_failure
+    return bool(
+        failure
+        and failure.get("revision") == observed.desired
+        and failure.get("generation") == observed.generation
+        and (failure.get("retryToken") or "") == observed.retry_token
+    )
+
+
+def verified(recorded: Recorded, revision: str, generation: int) -> bool:
+    smoke = recorded.last_smoke or {}
+    return (smoke.get("revision") == revision and smoke.get("generation") == generation
+            and smoke.get("outcome") == "Passed")
+
+
+def could_not_test_count(recorded: Recorded, revision: str, generation: int) -> int:
+    smoke = recorded.last_smoke or {}
+    if smoke.get("revision") == revision and smoke.get("generation") == generation and \
+            smoke.get("outcome") == "Error":
+        return int(smoke.get("attempts") or 1)
+    return 0
+
+
+def _transition(recorded: Recorded, phase: str, *events: Event) -> tuple[Event, ...]:
+    """Events only on a change of phase: a resync of an unchanged object says nothing."""
+    return events if recorded.phase != phase else ()
+
+
+def decide(recorded: Recorded, observed: Observed) -> Decision:
+    if is_blocked(recorded, observed):
+        return _after_failure(recorded, observed, recorded.last_failure or {})
+    return _pursue_desired(recorded, observed)
+
+
+# --------------------------------------------------------------------------------------------
+# The desired revision is allowed: roll it out, verify it, or fail it.
+
+
+def _pursue_desired(recorded: Recorded, observed: Observed) -> Decision:
+    desired = observed.desired
+    new_rollout = recorded.desired_revision != desired
+    if observed.deployment_revision != desired:
+        message = f"rolling out revision {desired} ({observed.desired_label})"
+        return _progressing(recorded, observed, "apply-desired", message, announce=True)
+    if observed.pod_problem is not None:
+        return _fail(recorded, observed, observed.pod_problem.reason, observed.pod_problem.message)
+    state = observed.rollout or rollout.RolloutStatus("Progressing", PROGRESSING,
+                                                      "waiting for the Deployment")
+    if state.state == "Failed":
+        return _fail(recorded, observed, DEADLINE, state.message)
+    if state.state == "Progressing":
+        return _progressing(recorded, observed, "wait", state.message, announce=new_rollout)
+    if verified(recorded, desired, observed.generation):
+        return _ready(recorded, observed, "revision verified earlier")
+    smoke = observed.smoke
+    if smoke is None or smoke.revision != desired:
+        return _verifying(recorded, observed, desired)
+    if smoke.outcome == "Passed":
+        return _ready(recorded, observed, smoke.message, record=True)
+    if smoke.outcome == "Failed":
+        return _fail(recorded, observed, SMOKE_TEST_FAILED, smoke.message)
+    tries = could_not_test_count(recorded, desired, observed.generation) + 1
+    if tries >= COULD_NOT_TEST_LIMIT:
+        return _fail(recorded, observed, SMOKE_TESTS_NOT_RUN,
+                     f"could not run the smoke tests {tries} times: {smoke.message}")
+    decision = _verifying(recorded, observed, desired,
+                          message=f"could not test yet ({tries} of {COULD_NOT_TEST_LIMIT}): "
+                                  f"{smoke.message}")
+    return dataclasses.replace(decision, action="wait",
+                               requeue_after=COULD_NOT_TEST_DELAYS[min(tries,
+                                                                       len(COULD_NOT_TEST_DELAYS))
+                                                                   - 1])
+
+
+def _progressing(recorded: Recorded, observed: Observed, action: Action, message: str,
+                 *, announce: bool) -> Decision:
+    events = (Event("Normal", PROGRESSING, message),) if announce or \
+        recorded.phase != "Progressing" else ()
+    return Decision(
+        phase="Progressing",
+        action=action,
+        conditions=_conds(ready=Cond(False, PROGRESSING, message),
+                          reconciling=Cond(True, PROGRESSING, message),
+                          stalled=Cond(False, PROGRESSING, ""),
+                          rolled_back=Cond(False, PROGRESSING, "")),
+        events=events,
+        serving=observed.desired,
+    )
+
+
+def _verifying(recorded: Recorded, observed: Observed, revision: str,
+               message: str | None = None) -> Decision:
+    message = message or f"running the smoke tests against revision {revision}"
+    return Decision(
+        phase="Verifying",
+        action="verify",
+        verify_revision=revision,
+        conditions=_conds(ready=Cond(False, VERIFYING, message),
+                          reconciling=Cond(True, VERIFYING, message),
+                          stalled=Cond(False, VERIFYING, ""),
+                          rolled_back=Cond(False, VERIFYING, "")),
+        events=_transition(recorded, "Verifying", Event("Normal", VERIFYING, message)),
+        serving=observed.desired,
+    )
+
+
+def _ready(recorded: Recorded, observed: Observed, detail: str, *,
+           record: bool = False) -> Decision:
+    message = f"revision {observed.desired} ({observed.desired_label}) is rolled out and " \
+              f"verified: {detail}"
+    events: tuple[Event, ...] = ()
+    if record:
+        events = (Event("Normal", VERIFIED,
+                        f"{message}; it is now the rollback target"),)
+    return Decision(
+        phase="Ready",
+        action="none",
+        conditions=_conds(ready=Cond(True, VERIFIED, message),
+                          reconciling=Cond(False, VERIFIED, message),
+                          stalled=Cond(False, VERIFIED, ""),
+                          rolled_back=Cond(False, VERIFIED, "")),
+        events=events,
+        clear_failure=True,
+        record_target=record,
+        serving=observed.desired,
+    )
+
+
+def _fail(recorded: Recorded, observed: Observed, reason: str, message: str) -> Decision:
+    desired = observed.desired
+    failure = {
+        "revision": desired,
+        "generation": observed.generation,
+        "reason": reason,
+        "message": message,
+        "retryToken": observed.retry_token,
+    }
+    what = f"revision {desired} ({observed.desired_label}) failed: {message}"
+    target = observed.target
+    if observed.automatic and target and target != desired:
+        revert = f"reverting to the rollback target, revision {target} ({observed.target_label})"
+        return Decision(
+            phase="RollingBack",
+            action="apply-target",
+            conditions=_conds(ready=Cond(False, reason, what),
+                              reconciling=Cond(True, ROLLING_BACK, revert),
+                              stalled=Cond(True, reason, what),
+                              rolled_back=Cond(False, ROLLING_BACK, revert)),
+            events=(Event("Warning", reason, what), Event("Warning", ROLLING_BACK, revert)),
+            failure=failure,
+            serving=target,
+        )
+    if not observed.automatic:
+        why = f"{what}; automatic rollback is disabled (spec.rollback.automatic: false)"
+    else:
+        why = f"{what}; there is no verified revision to roll back to (first release)"
+    return Decision(
+        phase="Failed",
+        action="none",
+        conditions=_conds(ready=Cond(False, reason, why),
+                          reconciling=Cond(False, reason, why),
+                          stalled=Cond(True, reason, why),
+                          rolled_back=Cond(False, NO_ROLLBACK_TARGET if observed.automatic
+                                           else ROLLBACK_DISABLED, "")),
+        events=(Event("Warning", reason, why),),
+        failure=failure,
+        serving=observed.deployment_revision,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The desired revision failed for this generation: serve the rollback target, or stay Failed.
+
+
+def _after_failure(recorded: Recorded, observed: Observed,
+                   failure: dict[str, Any]) -> Decision:
+    desired = observed.desired
+    reason = str(failure.get("reason") or SMOKE_TEST_FAILED)
+    what = f"revision {desired} ({observed.desired_label}) failed: {failure.get('message', '')}"
+    hint = f"; change the spec or set the {RETRY_ANNOTATION} annotation to try it again"
+    target = observed.target
+    if failure.get("rollbackFailed"):
+        message = str(failure.get("rollbackMessage") or "")
+        return _stopped(recorded, observed, ROLLBACK_FAILED, message + hint)
+    if not (observed.automatic and target and target != desired):
+        why = what + ("; automatic rollback is disabled" if not observed.automatic
+                      else "; there is no verified revision to roll back to")
+        return _stopped(recorded, observed, reason, why + hint)
+
+    revert = f"reverting to the rollback target, revision {target} ({observed.target_label})"
+    rolling_back = dict(
+        phase="RollingBack",
+        conditions=_conds(ready=Cond(False, reason, what),
+                          reconciling=Cond(True, ROLLING_BACK, revert),
+                          stalled=Cond(True, reason, what + hint),
+                          rolled_back=Cond(False, ROLLING_BACK, revert)),
+        serving=target,
+    )
+    if observed.deployment_revision != target:
+        return Decision(action="apply-target",
+                        events=_transition(recorded, "RollingBack",
+                                           Event("Warning", ROLLING_BACK, revert)),
+                        **rolling_back)  # type: ignore[arg-type]
+    state = observed.rollout or rollout.RolloutStatus("Progressing", PROGRESSING, "")
+    if observed.pod_problem is not None:
+        return _rollback_failed(recorded, observed, failure, observed.pod_problem.message)
+    if state.state == "Failed":
+        return _rollback_failed(recorded, observed, failure, state.message)
+    if state.state == "Progressing":
+        return Decision(action="wait", events=(), **rolling_back)  # type: ignore[arg-type]
+    if verified(recorded, target, observed.generation):
+        return _rolled_back(recorded, observed, failure, what + hint)
+    smoke = observed.smoke
+    if smoke is None or smoke.revision != target:
+        return Decision(action="verify", verify_revision=target, events=(),
+                        **rolling_back)  # type: ignore[arg-type]
+    if smoke.outcome == "Passed":
+        return _rolled_back(recorded, observed, failure, what + hint)
+    if smoke.outcome == "Failed":
+        return _rollback_failed(recorded, observed, failure, smoke.message)
+    tries = could_not_test_count(recorded, target, observed.generation) + 1
+    if tries >= COULD_NOT_TEST_LIMIT:
+        return _rollback_failed(recorded, observed, failure,
+                                f"could not run its smoke tests {tries} times: {smoke.message}")
+    return Decision(action="wait", events=(), requeue_after=COULD_NOT_TEST_DELAYS[
+        min(tries, len(COULD_NOT_TEST_DELAYS)) - 1], **rolling_back)  # type: ignore[arg-type]
+
+
+def _rolled_back(recorded: Recorded, observed: Observed, failure: dict[str, Any],
+                 what: str) -> Decision:
+    target = observed.target
+    message = f"revision {target} ({observed.target_label}) serves in place of revision " \
+              f"{observed.desired}, verified again by its smoke tests; {what}"
+    reason = str(failure.get("reason") or SMOKE_TEST_FAILED)
+    return Decision(
+        phase="RolledBack",
+        action="none",
+        conditions=_conds(ready=Cond(False, reason, what),
+                          reconciling=Cond(False, ROLLED_BACK, message),
+                          stalled=Cond(True, reason, what),
+                          rolled_back=Cond(True, reason, message)),
+        events=_transition(recorded, "RolledBack", Event("Normal", ROLLED_BACK, message)),
+        serving=target,
+    )
+
+
+def _rollback_failed(recorded: Recorded, observed: Observed, failure: dict[str, Any],
+                     detail: str) -> Decision:
+    message = f"the rollback target, revision {observed.target} ({observed.target_label}), " \
+              f"failed too: {detail}; Slipway stops here instead of oscillating"
+    updated = {**failure, "rollbackFailed": True, "rollbackMessage": message}
+    decision = _stopped(recorded, observed, ROLLBACK_FAILED,
+                        message + f"; fix the spec or set the {RETRY_ANNOTATION} annotation")
+    return dataclasses.replace(decision, failure=updated,
+                               events=(Event("Warning", ROLLBACK_FAILED, message),))
+
+
+def _stopped(recorded: Recorded, observed: Observed, reason: str, message: str) -> Decision:
+    return Decision(
+        phase="Failed",
+        action="none",
+        conditions=_conds(ready=Cond(False, reason, message),
+                          reconciling=Cond(False, reason, message),
+                          stalled=Cond(True, reason, message),
+                          rolled_back=Cond(False, reason, "")),
+        events=_transition(recorded, "Failed", Event("Warning", reason, message)),
+        serving=observed.deployment_revision,
+    )
+
+
+def _conds(*, ready: Cond, reconciling: Cond, stalled: Cond,
+           rolled_back: Cond) -> dict[str, Cond]:
+    return {conditions.READY: ready, conditions.RECONCILING: reconciling,
+            conditions.STALLED: stalled, conditions.ROLLED_BACK: rolled_back}
+
+
+# --------------------------------------------------------------------------------------------
+# Observing pods: crash loops and image pulls, with their bounds.
+
+
+@dataclasses.dataclass(frozen=True)
+class PodCheck:
+    problem: PodProblem | None
+    recheck_after: float | None = None
+
+
+def check_pods(pods: list[dict[str, Any]], revision: str, now: float) -> PodCheck:
+    """Look at the pods of ``revision`` for a crash loop or an image that cannot be pulled."""
+    recheck: float | None = None
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        meta = pod["metadata"]
+        if (meta.get("labels") or {}).get("slipway.dev/revision") != revision or \
+                meta.get("deletionTimestamp"):
+            continue
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            restarts = int(status.get("restartCount") or 0)
+            if reason == "CrashLoopBackOff" and restarts >= CRASHLOOP_RESTARTS:
+                last = (status.get("lastState") or {}).get("terminated") or {}
+                detail = f"exit code {last.get('exitCode')}" if last else "no exit code"
+                if last.get("message"):
+                    detail += f": {str(last['message']).strip()[-300:]}"
+                return PodCheck(PodProblem(
+                    CRASH_LOOP,
+                    f"pod {meta['name']} container {status.get('name')} is in CrashLoopBackOff "
+                    f"after {restarts} restarts (last {detail})"))
+            if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
+                age = now - _timestamp(meta.get("creationTimestamp"))
+                if reason == "InvalidImageName" or age >= IMAGE_PULL_GRACE_SECONDS:
+                    return PodCheck(PodProblem(
+                        IMAGE_PULL_FAILED,
+                        f"pod {meta['name']} cannot pull image {status.get('image')}: {reason}: "
+                        f"{waiting.get('message', '')}".rstrip(": ")))
+                wait = IMAGE_PULL_GRACE_SECONDS - age + 0.5
+                recheck = wait if recheck is None else min(recheck, wait)
+    return PodCheck(None, recheck)
+
+
+def _timestamp(value: str | None) -> float:
+    import datetime
+
+    if not value:
+        return 0.0
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,55 @@
+"""Prometheus metrics of the operator, served by ``slipway run --metrics-port``.
+
+What an admin graphs and alerts on: how often Slipway reconciles and whether it errs, releases by
+verdict, automatic reverts by reason, how long smoke tests take, and the phase each
+ModelDeployment is in now. A registry of our own keeps the output to Slipway's series (plus the
+process collector), whatever else the Python process imports.
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client import core
+
+REGISTRY = core.CollectorRegistry(auto_describe=True)
+prometheus_client.ProcessCollector(registry=REGISTRY)
+
+PHASES = ("Pending", "Progressing", "Verifying", "Ready", "Failed", "RollingBack", "RolledBack",
+          "Invalid")
+
+RECONCILES = prometheus_client.Counter(
+    "slipway_reconciles_total", "Reconciles of a ModelDeployment, by result (ok, retry, error).",
+    ["result"], registry=REGISTRY)
+ROLLOUTS = prometheus_client.Counter(
+    "slipway_rollouts_total",
+    "Release verdicts: Verified, Failed (by its reason), RolledBack, RollbackFailed.",
+    ["result", "reason"], registry=REGISTRY)
+REVERTS = prometheus_client.Counter(
+    "slipway_reverts_total", "Automatic reverts to the rollback target, by the failure's reason.",
+    ["reason"], registry=REGISTRY)
+SMOKE_DURATION = prometheus_client.Histogram(
+    "slipway_smoke_test_duration_seconds",
+    "Wall time of one smoke-test run (all tests against all targets), by outcome.",
+    ["outcome"], registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+PHASE = prometheus_client.Gauge(
+    "slipway_model_deployment_phase",
+    "1 for the phase each ModelDeployment is in, 0 for the others.",
+    ["namespace", "name", "phase"], registry=REGISTRY)
+
+
+def set_phase(namespace: str, name: str, phase: str | None) -> None:
+    for candidate in PHASES:
+        PHASE.labels(namespace, name, candidate).set(1 if candidate == phase else 0)
+
+
+def forget(namespace: str, name: str) -> None:
+    for candidate in PHASES:
+        try:
+            PHASE.remove(namespace, name, candidate)
+        except KeyError:
+            pass
+
+
+def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the cluster
+    prometheus_client.start_http_server(port, addr=address, registry=REGISTRY)

@@ -1,0 +1,551 @@
+"""Smoke tests: ask the new revision real questions before calling it Ready.
+
+A Deployment that rolled out and whose probes pass can still serve the wrong model, a broken
+artifact or a changed response shape. After each rollout the operator sends every smoke test of
+the ModelDeployment to every Ready pod of the new revision, and once through the Service, and
+decides from the answers whether the release stands (``Passed``), must be rolled back
+(``Failed``), or could not be judged (``Error``: the operator could not test, which is not the
+model's fault and must not trigger a rollback).
+
+This is the only module of the operator that sends HTTP. Its rules:
+
+* requests go where the caller says and nowhere else: proxy variables in the environment are
+  ignored and redirects are not followed (a 3xx is just a status to compare);
+* credentials for the API server (``ClientSettings.headers`` and the client certificate) are used
+  only for targets reached through the API server's proxy, never sent to a model pod directly;
+* every request is bounded: a timeout for the whole exchange, at most ``body_cap_bytes`` of body
+  read, at most 8 requests in flight;
+* a request that could not be delivered (connection refused, timeout, dropped connection, or the
+  API server saying it could not reach the pod) is retried a few times; a wrong answer is not;
+* each failure message names the test, the target and what the server said, in one line an admin
+  can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import re
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NoReturn
+
+import httpx
+import jsonschema
+import jsonschema.exceptions
+import jsonschema.validators
+
+from slipway import models
+
+Outcome = Literal["Passed", "Failed", "Error"]
+
+MAX_CONCURRENCY = 8
+MAX_RESULTS = 64
+MAX_RESULT_MESSAGE = 512
+MAX_VERDICT_MESSAGE = 1024
+SNIPPET_CHARS = 200
+BACKOFF_SECONDS = 0.2
+USER_AGENT = "slipway-smoke-test"
+
+# Through the API server's proxy: answers that come from the API server, not from the model.
+_UNREACHABLE_STATUSES = frozenset({502, 503})  # the API server could not reach the pod/Service
+_RETRY_API_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where to send the tests: one pod, or the Service."""
+
+    name: str  # "pod/iris-6d4f-abc" or "service/iris", used in messages
+    base_url: str  # "http://10.215.1.2:8080", or an API server proxy URL ending in "/proxy"
+    via_api_proxy: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSettings:
+    """TLS and authentication for the API server's proxy, and the body cap."""
+
+    verify: str | bool = True  # CA bundle file (or directory), or bool
+    cert: tuple[str, str] | None = None  # client certificate and key files
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # e.g. Authorization
+    body_cap_bytes: int = 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    message: str
+    results: list[models.SmokeTestResult]
+    started_at: str
+    finished_at: str
+
+    def to_status(self, *, revision: str, generation: int | None, attempts: int
+                  ) -> dict[str, Any]:
+        """``status.lastSmokeTest`` (camelCase, as ``models.LastSmokeTest`` describes it)."""
+        status: dict[str, Any] = {
+            "revision": revision,
+            "outcome": self.outcome,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+            "attempts": attempts,
+            "results": [result.model_dump(mode="json", by_alias=True, exclude_none=True)
+                        for result in self.results],
+        }
+        if generation is not None:
+            status["generation"] = generation
+        return status
+
+
+class PathNotFound(LookupError):
+    """A JSON path that does not exist in a document; the message says where it stops."""
+
+
+# --------------------------------------------------------------------------------------------
+# JSON paths and values
+
+_PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[([0-9]+)\]")
+
+
+def lookup(document: Any, path: str) -> Any:
+    """The value at ``path`` (``$``, ``.key`` and ``[index]`` steps, e.g. ``$.predictions[0]``).
+
+    Raises PathNotFound (a LookupError) naming the last part of the path that exists, and
+    ValueError for a path that is not of that form.
+    """
+    if not path.startswith("$"):
+        raise ValueError(f"{path!r} is not a JSON path: it must start with '$'")
+    current, walked, position = document, "$", 1
+    while position < len(path):
+        step = _PATH_STEP.match(path, position)
+        if step is None:
+            raise ValueError(
+                f"{path!r} is not a supported JSON path (use $.key and [index] steps)")
+        key, index = step.group(1), step.group(2)
+        if key is not None:
+            if not isinstance(current, dict):
+                raise PathNotFound(f"{walked} is {_json_kind(current)}, not an object")
+            if key not in current:
+                raise PathNotFound(f"{walked} has no key {key!r}")
+            current, walked = current[key], f"{walked}.{key}"
+        else:
+            number = int(index)
+            if not isinstance(current, list):
+                raise PathNotFound(f"{walked} is {_json_kind(current)}, not an array")
+            if number >= len(current):
+                raise PathNotFound(
+                    f"{walked} has {len(current)} item{_plural(len(current))}, no [{number}]")
+            current, walked = current[number], f"{walked}[{number}]"
+        position = step.end()
+    return current
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _json_equal(left: Any, right: Any) -> bool:
+    """Equality of JSON values: true is not 1, 1 is 1.0, objects and arrays compared deeply."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return type(left) is type(right) and left == right
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+        return left == right
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(_json_equal, left, right))
+    return type(left) is type(right) and bool(left == right)
+
+
+def _show(value: Any) -> str:
+    """A JSON value for a message: strings quoted as 'x', everything else as JSON."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return _one_line(text, 100)
+
+
+def _error_path(error: jsonschema.exceptions.ValidationError) -> str:
+    out = "$"
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _schema_problem(schema: Mapping[str, Any], document: Any) -> str | None:
+    validator_cls = jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft202012Validator)
+    error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(document))
+    if error is None:
+        return None
+    return f"{_one_line(error.message, 200)} at {_error_path(error)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Text helpers
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _snippet(body: bytes) -> str:
+    if not body.strip():
+        return "(empty body)"
+    return _one_line(body[: SNIPPET_CHARS * 4].decode("utf-8", errors="replace"), SNIPPET_CHARS)
+
+
+def _plural(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
+def _size(count: int) -> str:
+    return f"{count // 1024} KiB" if count % 1024 == 0 else f"{count} bytes"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------------------------
+# One exchange
+
+
+@dataclasses.dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: httpx.Headers
+    body: bytes  # at most cap + 1 bytes
+    oversize: bool
+    latency_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What one job needs: the spec, the shared clients and limits."""
+
+    spec: models.ModelDeploymentSpec
+    direct: httpx.AsyncClient
+    proxied: httpx.AsyncClient | None
+    api_headers: Mapping[str, str]
+    semaphore: asyncio.Semaphore
+    cap: int
+
+
+def _request_headers(plan: _Plan, test: models.SmokeTest, target: Target) -> httpx.Headers:
+    headers = httpx.Headers({"User-Agent": USER_AGENT})
+    if test.body is not None:
+        headers["Content-Type"] = "application/json"
+    for name, value in test.headers.items():
+        if name.lower() not in models.FORBIDDEN_HEADERS:  # also enforced by the model
+            headers[name] = value
+    if target.via_api_proxy:
+        for name, value in plan.api_headers.items():
+            headers[name] = value
+    return headers
+
+
+async def _exchange(plan: _Plan, test: models.SmokeTest, target: Target) -> _Response:
+    """Send one request and read its response (bounded); raises on transport errors."""
+    client = plan.proxied if target.via_api_proxy and plan.proxied is not None else plan.direct
+    content = None if test.body is None else json.dumps(test.body).encode()
+    url = target.base_url.rstrip("/") + plan.spec.test_path(test)
+    request = client.build_request(test.method, url, headers=_request_headers(plan, test, target),
+                                   content=content)
+    started = time.monotonic()
+    async with asyncio.timeout(plan.spec.rollout.smoke_test_timeout_seconds):
+        response = await client.send(request, stream=True)
+        try:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > plan.cap:
+                    break
+        finally:
+            await response.aclose()
+    latency_ms = round((time.monotonic() - started) * 1000)
+    return _Response(response.status_code, response.headers, bytes(body[: plan.cap + 1]),
+                     len(body) > plan.cap, latency_ms)
+
+
+def _api_status(response: _Response) -> dict[str, Any] | None:
+    """The Kubernetes Status object of an error answered by the API server itself, if any."""
+    if response.status < 400 or response.oversize:
+        return None
+    try:
+        document = json.loads(response.body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(document, dict) and document.get("kind") == "Status":
+        return document
+    return None
+
+
+def _describe_status(response: _Response, status: Mapping[str, Any]) -> str:
+    head = " ".join(str(part) for part in (response.status, status.get("reason")) if part)
+    return _one_line(f"{head}: {status.get('message') or '(no message)'}", 300)
+
+
+def _describe_transport(error: BaseException, timeout: int) -> tuple[str, bool]:
+    """A short description of a transport failure, and whether it was a timeout."""
+    if isinstance(error, (TimeoutError, httpx.TimeoutException)):
+        return f"timed out after {timeout}s", True
+    text = str(error) or type(error).__name__
+    if isinstance(error, httpx.ConnectError):
+        causes = _causes(error)
+        if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+            return "connection refused", False
+        text = "; ".join(dict.fromkeys(str(cause) for cause in causes if str(cause)))
+        lowered = text.lower()
+        if "refused" in lowered:
+            return "connection refused", False
+        if "certificate" in lowered or "ssl" in lowered:
+            return f"TLS handshake failed ({_one_line(text, 200)})", False
+        return f"could not connect ({_one_line(text, 200)})", False
+    if isinstance(error, httpx.RemoteProtocolError):
+        return f"connection closed without a complete response ({_one_line(text, 200)})", False
+    if isinstance(error, httpx.ReadError):
+        return f"connection broken while reading the response ({_one_line(text, 200)})", False
+    return f"{type(error).__name__} ({_one_line(text, 200)})", False
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what caused it (httpx wraps the OS error a few levels deep)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _result(test: models.SmokeTest, target: Target, outcome: Outcome, message: str = "",
+            response: _Response | None = None) -> models.SmokeTestResult:
+    return models.SmokeTestResult(
+        name=test.name,
+        target=target.name[:512],
+        outcome=outcome,
+        status_code=response.status if response is not None else None,
+        latency_ms=response.latency_ms if response is not None else None,
+        message=_one_line(message, MAX_RESULT_MESSAGE),
+    )
+
+
+async def _run_one(plan: _Plan, test: models.SmokeTest, target: Target
+                   ) -> models.SmokeTestResult:
+    """One test against one target, with retries when the request could not be delivered."""
+    not_sendable = _not_sendable(plan.spec, test)
+    if not_sendable is not None:
+        return _result(test, target, "Failed", not_sendable)
+    attempts = plan.spec.rollout.smoke_test_attempts
+    timeout = plan.spec.rollout.smoke_test_timeout_seconds
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            await asyncio.sleep(BACKOFF_SECONDS * 2 ** (attempt - 2))
+        last = attempt == attempts
+        tried = f"{attempt} attempt{_plural(attempt)}"
+        async with plan.semaphore:
+            try:
+                response = await _exchange(plan, test, target)
+            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as error:
+                return _result(test, target, "Error", f"could not send the request: {error}")
+            except httpx.DecodingError as error:
+                return _result(test, target, "Failed",
+                               f"response body could not be decoded: {_one_line(str(error), 200)}")
+            except (TimeoutError, httpx.TransportError) as error:
+                if not last:
+                    continue
+                what, timed_out = _describe_transport(error, timeout)
+                if target.via_api_proxy and isinstance(error, httpx.ConnectError):
+                    return _result(test, target, "Error",
+                                   f"could not reach the API server: {what} after {tried}")
+                if timed_out:
+                    return _result(test, target, "Failed", f"{what} ({tried})")
+                return _result(test, target, "Failed", f"{what} after {tried}")
+        status = _api_status(response) if target.via_api_proxy else None
+        if status is None:
+            return _check(plan.spec, test, target, response, plan.cap)
+        if response.status in _RETRY_API_STATUSES and not last:
+            continue
+        said = _describe_status(response, status)
+        if response.status in _UNREACHABLE_STATUSES:
+            return _result(test, target, "Failed",
+                           f"the API server could not reach it after {tried}: {said}", response)
+        return _result(test, target, "Error", f"the API server refused to proxy: {said}", response)
+    raise AssertionError("unreachable: the last attempt always returns")  # pragma: no cover
+
+
+def _check(spec: models.ModelDeploymentSpec, test: models.SmokeTest, target: Target,
+           response: _Response, cap: int) -> models.SmokeTestResult:
+    """The expectations, in order; the first that fails decides."""
+    expect = test.expect
+
+    def failed(message: str) -> models.SmokeTestResult:
+        return _result(test, target, "Failed", message, response)
+
+    if response.status != expect.status:
+        extra = ""
+        if 300 <= response.status < 400 and "location" in response.headers:
+            location = _one_line(response.headers["location"], 200)
+            extra = f" (redirect to {location}, not followed)"
+        return failed(f"expected status {expect.status}, got {response.status}{extra}: "
+                      f"{_snippet(response.body)}")
+    schema = spec.body_schema_for(test)
+    if schema is not None or expect.values:
+        if response.oversize:
+            return failed(f"response larger than {_size(cap)}")
+        try:
+            document = json.loads(response.body, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            return failed(f"response is not JSON: {_snippet(response.body)}")
+        if schema is not None:
+            schema_name = "expect.bodySchema" if expect.body_schema is not None else (
+                "spec.schema.output")
+            problem = _schema_problem(schema, document)
+            if problem is not None:
+                return failed(f"response does not satisfy {schema_name}: {problem}")
+        for expected in expect.values:
+            try:
+                actual = lookup(document, expected.path)
+            except PathNotFound as error:
+                return failed(f"{expected.path} is missing ({error})")
+            if not _json_equal(actual, expected.equals):
+                return failed(f"{expected.path} is {_show(actual)}, "
+                              f"expected {_show(expected.equals)}")
+    if expect.max_latency_ms is not None and response.latency_ms > expect.max_latency_ms:
+        return failed(f"took {response.latency_ms} ms, budget {expect.max_latency_ms} ms")
+    return _result(test, target, "Passed", "", response)
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _not_sendable(spec: models.ModelDeploymentSpec, test: models.SmokeTest) -> str | None:
+    """Why the test's request must not be sent (a request body that breaks the contract)."""
+    if not spec.targets_scoring(test) or test.expect.status >= 400:
+        return None
+    if test.body is None:
+        return ("not sent: a request to the scoring path needs a body that satisfies "
+                "spec.schema.input")
+    problem = _schema_problem(spec.schema_.input, test.body)
+    if problem is None:
+        return None
+    return f"not sent: the request body does not satisfy spec.schema.input: {problem}"
+
+
+# --------------------------------------------------------------------------------------------
+# Clients
+
+
+def _ssl_context(settings: ClientSettings, *, with_cert: bool) -> ssl.SSLContext:
+    verify = settings.verify
+    if isinstance(verify, str):
+        if os.path.isdir(verify):
+            context = ssl.create_default_context(capath=verify)
+        else:
+            context = ssl.create_default_context(cafile=verify)
+    else:
+        context = httpx.create_ssl_context(verify=verify, trust_env=False)
+    if with_cert and settings.cert is not None:
+        context.load_cert_chain(*settings.cert)
+    return context
+
+
+def _make_client(context: ssl.SSLContext, timeout: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        verify=context,
+        timeout=httpx.Timeout(timeout),
+        follow_redirects=False,  # a 3xx is a status to compare, not a place to go
+        trust_env=False,  # proxy variables, .netrc and SSL_CERT_* of the environment are ignored
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The verdict
+
+
+def _bounded(results: list[models.SmokeTestResult]) -> list[models.SmokeTestResult]:
+    """At most MAX_RESULTS results, keeping failures and errors first, in their original order."""
+    if len(results) <= MAX_RESULTS:
+        return results
+    order = sorted(range(len(results)), key=lambda i: (results[i].outcome == "Passed", i))
+    return [results[i] for i in sorted(order[:MAX_RESULTS])]
+
+
+def _summary(results: list[models.SmokeTestResult], tests: int, targets: Sequence[Target]
+             ) -> tuple[Outcome, str]:
+    bad_outcomes: tuple[Outcome, ...] = ("Failed", "Error")
+    for outcome in bad_outcomes:
+        bad = [result for result in results if result.outcome == outcome]
+        if bad:
+            first = bad[0]
+            message = f"smoke test {first.name!r} on {first.target}: {first.message}"
+            if len(bad) > 1:
+                more = len(bad) - 1
+                message += f" (and {more} more {outcome.lower()} check{_plural(more)})"
+            return outcome, _one_line(message, MAX_VERDICT_MESSAGE)
+    names = ", ".join(target.name for target in targets[:8])
+    if len(targets) > 8:
+        names += f", and {len(targets) - 8} more"
+    return "Passed", _one_line(
+        f"{tests} smoke test{_plural(tests)} passed on {len(targets)} "
+        f"target{_plural(len(targets))} ({names})", MAX_VERDICT_MESSAGE)
+
+
+async def run_smoke_tests(spec: models.ModelDeploymentSpec, targets: Sequence[Target],
+                          client: ClientSettings) -> Verdict:
+    """Send every smoke test to every target (concurrently, bounded) and judge the answers."""
+    started = _now()
+    if not targets:
+        return Verdict("Error", "no targets to test", [], started, _now())
+    tests = list(spec.smoke_tests)
+    timeout = spec.rollout.smoke_test_timeout_seconds
+    try:  # certificates are loaded before any connection is opened
+        direct_tls = _ssl_context(client, with_cert=False)
+        proxied_tls = None
+        if any(target.via_api_proxy for target in targets):
+            proxied_tls = _ssl_context(client, with_cert=True)
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        message = _one_line(f"could not set up the HTTP client: {error}", MAX_RESULT_MESSAGE)
+        return Verdict("Error", message, [], started, _now())
+    async with contextlib.AsyncExitStack() as stack:
+        direct = await stack.enter_async_context(_make_client(direct_tls, timeout))
+        proxied = None
+        if proxied_tls is not None:
+            proxied = await stack.enter_async_context(_make_client(proxied_tls, timeout))
+        plan = _Plan(spec, direct, proxied, dict(client.headers),
+                     asyncio.Semaphore(MAX_CONCURRENCY), client.body_cap_bytes)
+        results = list(await asyncio.gather(*(
+            _guarded(plan, test, target) for test in tests for target in targets)))
+    outcome, message = _summary(results, len(tests), targets)
+    return Verdict(outcome, message, _bounded(results), started, _now())
+
+
+async def _guarded(plan: _Plan, test: models.SmokeTest, target: Target
+                   ) -> models.SmokeTestResult:
+    """One job; an unexpected exception becomes an Error result rather than losing the verdict."""
+    try:
+        return await _run_one(plan, test, target)
+    except Exception as error:  # noqa: BLE001 - reported in the result, never swallowed silently
+        return _result(test, target, "Error",
+                       f"internal error while testing: {type(error).__name__}: {error}")
+
+
+def run_smoke_tests_sync(spec: models.ModelDeploymentSpec, targets: Sequence[Target],
+                         client: ClientSettings) -> Verdict:
+    """run_smoke_tests for synchronous callers (kopf runs sync handlers in worker threads)."""
+    return asyncio.run(run_smoke_tests(spec, targets, client))

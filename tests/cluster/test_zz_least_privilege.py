@@ -1,0 +1,69 @@
+"""Least privilege, proven from the API server's audit log (runs last: ``zz``).
+
+The whole cluster suite runs the operator as its own ServiceAccount with the ClusterRole of
+manifests/; the local API server audits that user's requests. A rule nothing used fails here,
+and a request the ClusterRole denied fails too.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from slipway_dev import cluster as dev_cluster
+from tests.cluster.conftest import Operator
+from tests.cluster.kube import Kubectl
+
+# The suite exercises the operator through these files; alone, this test proves nothing.
+NEEDS = ("test_first_loop.py", "test_guarded_rollout.py")
+
+
+def audited(cluster: dev_cluster.ClusterState) -> list[dict]:
+    path = pathlib.Path(cluster.state_dir) / "logs" / "audit.log"
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if e["user"]["username"] == dev_cluster.OPERATOR_USER]
+
+
+def allowed(event: dict) -> bool:
+    """RBAC's verdict (a 403 may also come from admission, e.g. a terminating namespace)."""
+    return (event.get("annotations") or {}).get("authorization.k8s.io/decision") == "allow"
+
+
+def used_permissions(events: list[dict]) -> set[tuple[str, str, str]]:
+    used = set()
+    for event in events:
+        ref = event.get("objectRef") or {}
+        if not ref.get("resource"):
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        code = (event.get("responseStatus") or {}).get("code", 0)
+        if not allowed(event):
+            continue
+        used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+        if event["verb"] == "patch" and code == 201:  # server-side apply that created it
+            used.add((ref.get("apiGroup", ""), resource, "create"))
+    return used
+
+
+def test_every_clusterrole_rule_was_used_and_nothing_was_denied(
+    request: pytest.FixtureRequest, cluster: dev_cluster.ClusterState, kubectl: Kubectl,
+    operator: Operator,
+) -> None:
+    ran = {pathlib.Path(str(item.fspath)).name for item in request.session.items}
+    if not set(NEEDS) <= ran:
+        pytest.skip(f"needs the scenarios of {', '.join(NEEDS)} in the same run")
+    events = audited(cluster)
+    assert events, "no request of the operator's ServiceAccount was audited"
+    denied = sorted({(e.get("objectRef", {}).get("resource"), e["verb"]) for e in events
+                     if (e.get("annotations") or {}).get("authorization.k8s.io/decision")
+                     == "forbid"})
+    assert denied == [], f"the ClusterRole denied the operator: {denied}"
+    used = used_permissions(events)
+    role = kubectl.get("clusterrole", "slipway-operator")
+    granted = {(group, resource, verb) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    unused = sorted(granted - used)
+    assert unused == [], f"rules the operator never used: {unused}; used: {sorted(used)}"

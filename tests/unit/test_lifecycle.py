@@ -1,0 +1,244 @@
+"""The release lifecycle, decided without a cluster: every transition as a table row."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from slipway import lifecycle
+from slipway.lifecycle import Observed, PodProblem, Recorded, SmokeResult
+from slipway.rollout import RolloutStatus
+
+COMPLETE = RolloutStatus("Complete", "RolloutComplete", "2 of 2 available", 2, 2)
+ROLLING = RolloutStatus("Progressing", "Progressing", "1 of 2 updated replicas are available")
+DEADLINE = RolloutStatus("Failed", "ProgressDeadlineExceeded", "timed out progressing")
+CRASH = PodProblem(lifecycle.CRASH_LOOP, "pod p container c is in CrashLoopBackOff")
+
+GEN = 4
+
+
+def observed(**kw: Any) -> Observed:
+    base = dict(generation=GEN, desired="d2", desired_label="model m 2", target="t1",
+                target_label="model m 1", deployment_revision="d2", rollout=COMPLETE)
+    return Observed(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def failure(revision: str = "d2", **kw: Any) -> dict[str, Any]:
+    return {"revision": revision, "generation": GEN, "reason": lifecycle.SMOKE_TEST_FAILED,
+            "message": "smoke test 'setosa' on pod/p: expected status 200, got 500",
+            "retryToken": "", **kw}
+
+
+def passed(revision: str, generation: int = GEN) -> dict[str, Any]:
+    return {"revision": revision, "generation": generation, "outcome": "Passed"}
+
+
+def smoke(revision: str, outcome: str, message: str = "details") -> SmokeResult:
+    return SmokeResult(revision, outcome, message)  # type: ignore[arg-type]
+
+
+# (id, recorded, observed, phase, action, Ready, Stalled, RolledBack, event reasons)
+CASES: list[tuple[str, Recorded, Observed, str, str, bool, bool, bool, list[str]]] = [
+    ("new-revision-is-rolled-out", Recorded(phase="Ready", desired_revision="d1"),
+     observed(deployment_revision="t1"), "Progressing", "apply-desired", False, False, False,
+     ["Progressing"]),
+    ("first-release-without-deployment", Recorded(), observed(deployment_revision=None,
+                                                              target=None, rollout=None),
+     "Progressing", "apply-desired", False, False, False, ["Progressing"]),
+    ("rolling-out-waits-quietly", Recorded(phase="Progressing", desired_revision="d2"),
+     observed(rollout=ROLLING), "Progressing", "wait", False, False, False, []),
+    ("complete-rollout-is-verified", Recorded(phase="Progressing", desired_revision="d2"),
+     observed(), "Verifying", "verify", False, False, False, ["Verifying"]),
+    ("passed-smoke-tests-make-it-ready-and-the-target",
+     Recorded(phase="Verifying", desired_revision="d2"), observed(smoke=smoke("d2", "Passed")),
+     "Ready", "none", True, False, False, ["Verified"]),
+    ("verified-earlier-stays-ready-without-retesting",
+     Recorded(phase="Ready", desired_revision="d2", last_smoke=passed("d2")), observed(),
+     "Ready", "none", True, False, False, []),
+    ("verified-for-an-older-generation-is-retested",
+     Recorded(phase="Ready", desired_revision="d2", last_smoke=passed("d2", GEN - 1)),
+     observed(), "Verifying", "verify", False, False, False, ["Verifying"]),
+    ("failed-smoke-test-reverts-to-rollback-target",
+     Recorded(phase="Verifying", desired_revision="d2"),
+     observed(smoke=smoke("d2", "Failed", "expected status 200, got 500")),
+     "RollingBack", "apply-target", False, True, False, ["SmokeTestFailed", "RollingBack"]),
+    ("progress-deadline-reverts", Recorded(phase="Progressing", desired_revision="d2"),
+     observed(rollout=DEADLINE), "RollingBack", "apply-target", False, True, False,
+     ["ProgressDeadlineExceeded", "RollingBack"]),
+    ("crash-loop-reverts-before-the-deadline", Recorded(phase="Progressing",
+                                                        desired_revision="d2"),
+     observed(rollout=ROLLING, pod_problem=CRASH), "RollingBack", "apply-target", False, True,
+     False, ["CrashLoop", "RollingBack"]),
+    ("first-release-failure-is-left-as-it-is", Recorded(phase="Verifying",
+                                                        desired_revision="d2"),
+     observed(target=None, smoke=smoke("d2", "Failed")), "Failed", "none", False, True, False,
+     ["SmokeTestFailed"]),
+    ("no-automatic-rollback-when-disabled", Recorded(phase="Verifying", desired_revision="d2"),
+     observed(automatic=False, smoke=smoke("d2", "Failed")), "Failed", "none", False, True,
+     False, ["SmokeTestFailed"]),
+    ("blocked-revision-puts-the-target-back", Recorded(phase="RollingBack",
+                                                       last_failure=failure()),
+     observed(deployment_revision="d2"), "RollingBack", "apply-target", False, True, False, []),
+    ("target-rolling-out-waits", Recorded(phase="RollingBack", last_failure=failure()),
+     observed(deployment_revision="t1", rollout=ROLLING), "RollingBack", "wait", False, True,
+     False, []),
+    ("target-rolled-out-is-verified-again", Recorded(phase="RollingBack",
+                                                     last_failure=failure()),
+     observed(deployment_revision="t1"), "RollingBack", "verify", False, True, False, []),
+    ("target-verified-is-rolled-back", Recorded(phase="RollingBack", last_failure=failure()),
+     observed(deployment_revision="t1", smoke=smoke("t1", "Passed")), "RolledBack", "none",
+     False, True, True, ["RolledBack"]),
+    ("rolled-back-is-steady", Recorded(phase="RolledBack", last_failure=failure(),
+                                       last_smoke=passed("t1")),
+     observed(deployment_revision="t1"), "RolledBack", "none", False, True, True, []),
+    ("target-failing-too-stops-without-oscillating",
+     Recorded(phase="RollingBack", last_failure=failure()),
+     observed(deployment_revision="t1", smoke=smoke("t1", "Failed")), "Failed", "none", False,
+     True, False, ["RollbackFailed"]),
+    ("target-crash-looping-stops", Recorded(phase="RollingBack", last_failure=failure()),
+     observed(deployment_revision="t1", rollout=ROLLING, pod_problem=CRASH), "Failed", "none",
+     False, True, False, ["RollbackFailed"]),
+    ("after-a-failed-rollback-nothing-is-applied",
+     Recorded(phase="Failed", last_failure=failure(rollbackFailed=True,
+                                                   rollbackMessage="target failed")),
+     observed(deployment_revision="t1"), "Failed", "none", False, True, False, []),
+    ("unchanged-reapply-of-failed-spec-is-not-retried",
+     Recorded(phase="RolledBack", last_failure=failure(), last_smoke=passed("t1")),
+     observed(deployment_revision="t1"), "RolledBack", "none", False, True, True, []),
+    ("retry-annotation-tries-again", Recorded(phase="RolledBack", last_failure=failure(),
+                                              last_smoke=passed("t1")),
+     observed(deployment_revision="t1", retry_token="2026-11-25T18:00:00Z"), "Progressing",
+     "apply-desired", False, False, False, ["Progressing"]),
+    ("new-generation-tries-again", Recorded(phase="RolledBack", last_failure=failure(),
+                                            last_smoke=passed("t1")),
+     observed(deployment_revision="t1", generation=GEN + 1), "Progressing", "apply-desired",
+     False, False, False, ["Progressing"]),
+    ("could-not-test-waits-and-retries", Recorded(phase="Verifying", desired_revision="d2"),
+     observed(smoke=smoke("d2", "Error", "no Ready pod")), "Verifying", "wait", False, False,
+     False, []),
+    ("could-not-test-gives-up-after-the-limit",
+     Recorded(phase="Verifying", desired_revision="d2",
+              last_smoke={"revision": "d2", "generation": GEN, "outcome": "Error",
+                          "attempts": lifecycle.COULD_NOT_TEST_LIMIT - 1}),
+     observed(smoke=smoke("d2", "Error", "no Ready pod")), "RollingBack", "apply-target", False,
+     True, False, ["SmokeTestsNotRun", "RollingBack"]),
+    ("target-equal-to-desired-is-not-a-way-back",
+     Recorded(phase="Verifying", desired_revision="d2"),
+     observed(target="d2", smoke=smoke("d2", "Failed")), "Failed", "none", False, True, False,
+     ["SmokeTestFailed"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "obs", "phase", "action", "ready", "stalled", "rolled_back", "events"),
+    [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_lifecycle(recorded: Recorded, obs: Observed, phase: str, action: str, ready: bool,
+                   stalled: bool, rolled_back: bool, events: list[str]) -> None:
+    decision = lifecycle.decide(recorded, obs)
+    assert (decision.phase, decision.action) == (phase, action)
+    conds = decision.conditions
+    assert conds["Ready"].status is ready
+    assert conds["Stalled"].status is stalled
+    assert conds["RolledBack"].status is rolled_back
+    assert conds["Reconciling"].status is (phase in ("Progressing", "Verifying", "RollingBack"))
+    assert [e.reason for e in decision.events] == events
+    for cond in conds.values():
+        if cond.status:
+            assert cond.message, cond
+
+
+def test_a_revert_is_a_warning_that_names_the_failing_test_and_status() -> None:
+    decision = lifecycle.decide(
+        Recorded(phase="Verifying", desired_revision="d2"),
+        observed(smoke=smoke("d2", "Failed", "smoke test 'setosa' on pod/p: expected status "
+                                             "200, got 500: {\"error\": \"no model\"}")))
+    warnings = [e for e in decision.events if e.type == "Warning"]
+    assert [e.reason for e in warnings] == ["SmokeTestFailed", "RollingBack"]
+    assert "'setosa'" in warnings[0].message and "got 500" in warnings[0].message
+    assert "revision t1" in warnings[1].message
+    assert decision.failure == {"revision": "d2", "generation": GEN, "reason": "SmokeTestFailed",
+                                "message": decision.failure["message"],  # type: ignore[index]
+                                "retryToken": ""}
+    assert decision.serving == "t1"
+
+
+def test_rolled_back_condition_message_names_the_cause() -> None:
+    decision = lifecycle.decide(
+        Recorded(phase="RollingBack", last_failure=failure()),
+        observed(deployment_revision="t1", smoke=smoke("t1", "Passed")))
+    message = decision.conditions["RolledBack"].message
+    assert "revision t1" in message and "'setosa'" in message and "got 500" in message
+
+
+def test_passed_verdict_records_the_target_and_clears_the_failure() -> None:
+    decision = lifecycle.decide(Recorded(phase="Verifying", last_failure=failure("d1")),
+                                observed(smoke=smoke("d2", "Passed")))
+    assert decision.record_target and decision.clear_failure
+
+
+def test_a_rollback_failure_is_recorded_so_a_restart_does_not_retry_it() -> None:
+    decision = lifecycle.decide(Recorded(phase="RollingBack", last_failure=failure()),
+                                observed(deployment_revision="t1", smoke=smoke("t1", "Failed")))
+    assert decision.failure is not None and decision.failure["rollbackFailed"] is True
+    again = lifecycle.decide(Recorded(phase="Failed", last_failure=decision.failure),
+                             observed(deployment_revision="t1"))
+    assert (again.phase, again.action, again.events) == ("Failed", "none", ())
+
+
+def test_a_restart_in_each_phase_repeats_no_completed_step() -> None:
+    """Decisions read only status and observations: replaying them is idempotent."""
+    for _, recorded, obs, *_ in CASES:
+        first = lifecycle.decide(recorded, obs)
+        assert lifecycle.decide(recorded, obs) == first
+
+
+def pod(name: str, revision: str, reason: str, restarts: int = 0, created: str =
+        "2026-11-25T17:00:00Z", **extra: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"slipway.dev/revision": revision},
+                         "creationTimestamp": created},
+            "status": {"containerStatuses": [{
+                "name": "model-server", "image": "img:2", "restartCount": restarts,
+                "state": {"waiting": {"reason": reason, "message": "back-off"}}, **extra}]}}
+
+
+NOW = 1795626000.0 + 3600  # well after the creation times below
+
+
+def test_crash_loop_past_the_bound_is_a_problem() -> None:
+    pods = [pod("a", "d2", "CrashLoopBackOff", restarts=lifecycle.CRASHLOOP_RESTARTS,
+                lastState={"terminated": {"exitCode": 1, "message": "ModuleNotFoundError"}})]
+    check = lifecycle.check_pods(pods, "d2", NOW)
+    assert check.problem is not None and check.problem.reason == "CrashLoop"
+    assert "exit code 1" in check.problem.message and "ModuleNotFoundError" in \
+        check.problem.message
+
+
+def test_a_first_crash_is_not_yet_a_crash_loop() -> None:
+    pods = [pod("a", "d2", "CrashLoopBackOff", restarts=1)]
+    assert lifecycle.check_pods(pods, "d2", NOW).problem is None
+
+
+def test_pods_of_another_revision_are_ignored() -> None:
+    pods = [pod("old", "d1", "CrashLoopBackOff", restarts=9)]
+    assert lifecycle.check_pods(pods, "d2", NOW).problem is None
+
+
+def test_image_pull_back_off_fails_after_a_grace_period() -> None:
+    import datetime
+
+    created = datetime.datetime.fromtimestamp(NOW - 5, datetime.UTC).isoformat()
+    young = [pod("a", "d2", "ImagePullBackOff", created=created)]
+    check = lifecycle.check_pods(young, "d2", NOW)
+    assert check.problem is None
+    assert check.recheck_after == pytest.approx(lifecycle.IMAGE_PULL_GRACE_SECONDS - 5 + 0.5)
+    old = [pod("a", "d2", "ImagePullBackOff")]
+    check = lifecycle.check_pods(old, "d2", NOW)
+    assert check.problem is not None and check.problem.reason == "ImagePullFailed"
+
+
+def test_case_ids_are_unique() -> None:
+    ids = [c[0] for c in CASES]
+    assert len(ids) == len(set(ids))
+    assert dataclasses.is_dataclass(CASES[0][1])
