@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from slipway import crd, models, render, validation
+from slipway import crd, docs, models, render, validation
 
 
 class Document:
@@ -120,6 +120,20 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    path = pathlib.Path(args.readme)
+    try:
+        changed = docs.update_readme(path, check=args.check)
+    except (OSError, ValueError) as error:
+        print(f"slipway docs: {error}", file=sys.stderr)
+        return 2
+    if args.check and changed:
+        print(f"{path}: the field reference is out of date; run `slipway docs`", file=sys.stderr)
+        return 1
+    print(f"{path}: field reference {'updated' if changed else 'up to date'}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from slipway import operator_main  # imported late: it pulls in kopf and the kube client
 
@@ -155,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("crd", help="print the CRD generated from the models")
     cmd.add_argument("-o", "--output", help="write to this file instead of stdout")
     cmd.set_defaults(func=cmd_crd)
+
+    cmd = sub.add_parser("docs", help="regenerate the README's field reference from the models")
+    cmd.add_argument("readme", nargs="?", default="README.md", help="default: %(default)s")
+    cmd.add_argument("--check", action="store_true",
+                     help="change nothing; exit 1 if the reference is out of date")
+    cmd.set_defaults(func=cmd_docs)
 
     cmd = sub.add_parser("run", help="run the operator (kopf)")
     cmd.add_argument("-n", "--namespace", action="append",

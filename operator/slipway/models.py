@@ -186,6 +186,8 @@ class ResourceFieldSelector(Base):
 
 
 class EnvVarSource(Base):
+    """Where a variable's value comes from: exactly one of the four."""
+
     config_map_key_ref: KeySelector | None = None
     secret_key_ref: KeySelector | None = None
     field_ref: FieldSelector | None = None
@@ -214,9 +216,14 @@ class EnvVarSource(Base):
 
 
 class EnvVar(Base):
-    name: Annotated[str, Field(max_length=256, pattern=ENV_NAME)]
-    value: Annotated[str, Field(max_length=32768)] | None = None
-    value_from: EnvVarSource | None = None
+    """One environment variable: a value, or a reference passed through unread."""
+
+    name: Annotated[str, Field(max_length=256, pattern=ENV_NAME)] = Field(
+        description="Not one of the names Slipway sets (MODEL_*, PORT); unique in the list.")
+    value: Annotated[str, Field(max_length=32768)] | None = Field(
+        default=None, description="A literal value (or valueFrom, not both).")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="A ConfigMap key, a Secret key or a pod field.")
 
     @pydantic.model_validator(mode="after")
     def _value_or_source(self) -> EnvVar:
@@ -253,12 +260,16 @@ class EnvFromSource(Base):
 
 
 class NameRef(Base):
+    """A ConfigMap or Secret by name."""
+
     name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
     optional: bool | None = None
 
 
 class Resources(Base):
-    """Container resources; extended resources such as ``nvidia.com/gpu`` are allowed."""
+    """Container resources; extended resources such as ``nvidia.com/gpu`` are allowed. Requests
+    may not exceed limits; an extended resource is a whole number set in limits (requests, if
+    given, equal to limits)."""
 
     requests: Annotated[dict[LabelKey, Quantity], Field(max_length=16)] | None = None
     limits: Annotated[dict[LabelKey, Quantity], Field(max_length=16)] | None = None
@@ -341,11 +352,17 @@ class Runtime(Base):
 
 
 class Toleration(Base):
-    key: Annotated[str, Field(max_length=317)] | None = None
-    operator: Literal["Exists", "Equal"] | None = None
+    """A taint the pods tolerate, as in a pod spec. Without a key, operator must be Exists;
+    with Exists, no value."""
+
+    key: Annotated[str, Field(max_length=317)] | None = Field(
+        default=None, description="Taint key, e.g. nvidia.com/gpu.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Default Equal.")
     value: Annotated[str, Field(max_length=63)] | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Unset: every effect.")
+    toleration_seconds: int | None = Field(
+        default=None, description="With NoExecute: how long the pod stays once tainted.")
 
     @pydantic.model_validator(mode="after")
     def _exists_has_no_value(self) -> Toleration:
@@ -549,7 +566,10 @@ class SmokeTest(Base):
         ),
     )
     headers: Annotated[dict[Annotated[str, Field(pattern=HEADER_NAME)], Annotated[
-        str, Field(max_length=4096)]], Field(max_length=32)] = Field(default_factory=dict)
+        str, Field(max_length=4096)]], Field(max_length=32)] = Field(
+        default_factory=dict,
+        description="Request headers; Host, Content-Length, Transfer-Encoding and Connection "
+        "belong to the HTTP client.")
     body: Any = Field(
         default=None,
         description="JSON request body.",
@@ -702,15 +722,22 @@ Phase = Literal[
 
 
 class Condition(Base):
+    """A Kubernetes condition: Ready, Reconciling, Stalled or RolledBack."""
+
     type: Annotated[str, Field(max_length=316)]
     status: Literal["True", "False", "Unknown"]
-    reason: Annotated[str, Field(max_length=1024)]
-    message: Annotated[str, Field(max_length=32768)] = ""
-    last_transition_time: Annotated[str, Field(max_length=64)]
-    observed_generation: int | None = None
+    reason: Annotated[str, Field(max_length=1024)] = Field(description="CamelCase cause.")
+    message: Annotated[str, Field(max_length=32768)] = Field(
+        default="", description="What happened, for an admin to act on.")
+    last_transition_time: Annotated[str, Field(max_length=64)] = Field(
+        description="When status last changed (not when it was last checked).")
+    observed_generation: int | None = Field(
+        default=None, description="The generation this condition describes.")
 
 
 class RollbackTarget(Base):
+    """The last revision that passed its smoke tests, kept as a ControllerRevision."""
+
     revision: Annotated[str, Field(max_length=63)]
     controller_revision: Annotated[str, Field(max_length=253)] | None = None
     generation: int | None = None
@@ -720,6 +747,8 @@ class RollbackTarget(Base):
 
 
 class SmokeTestResult(Base):
+    """One smoke test against one target (a pod, or the Service)."""
+
     name: Annotated[str, Field(max_length=63)]
     target: Annotated[str, Field(max_length=512)]
     outcome: Literal["Passed", "Failed", "Error"]
@@ -766,17 +795,28 @@ class HistoryEntry(Base):
 
 
 class ModelDeploymentStatus(Base):
-    phase: Phase | None = None
-    observed_generation: int | None = None
-    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
-    current_revision: Annotated[str, Field(max_length=63)] | None = None
-    desired_revision: Annotated[str, Field(max_length=63)] | None = None
-    ready_replicas: int | None = None
-    replicas: int | None = None
-    rollback_target: RollbackTarget | None = None
-    last_failure: LastFailure | None = None
-    last_smoke_test: LastSmokeTest | None = None
-    history: Annotated[list[HistoryEntry], Field(max_length=32)] = Field(default_factory=list)
+    """Written by the operator only: everything it knows, for kubectl, Argo CD and Flux."""
+
+    phase: Phase | None = Field(default=None, description="Where the release is in its lifecycle.")
+    observed_generation: int | None = Field(
+        default=None, description="The generation this status describes.")
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
+        default_factory=list, description="Ready, Reconciling, Stalled, RolledBack.")
+    current_revision: Annotated[str, Field(max_length=63)] | None = Field(
+        default=None, description="The revision the Deployment serves.")
+    desired_revision: Annotated[str, Field(max_length=63)] | None = Field(
+        default=None, description="The revision the spec renders to.")
+    ready_replicas: int | None = Field(default=None, description="From the Deployment.")
+    replicas: int | None = Field(default=None, description="From the Deployment.")
+    rollback_target: RollbackTarget | None = Field(
+        default=None, description="The last verified revision: where a failed release goes back.")
+    last_failure: LastFailure | None = Field(
+        default=None, description="The failed release, not retried until the spec or the "
+        "slipway.dev/retry annotation changes.")
+    last_smoke_test: LastSmokeTest | None = Field(
+        default=None, description="The last smoke-test verdict.")
+    history: Annotated[list[HistoryEntry], Field(max_length=32)] = Field(
+        default_factory=list, description="Verdicts, newest last (at most 20 kept).")
 
 
 EnvFromSource.model_rebuild()

@@ -24,15 +24,25 @@ def test_kubectl_apply_k_manifests_passes_a_server_side_dry_run(kubectl: Kubectl
             "networkpolicy.networking.k8s.io"} <= kinds, result.stdout
 
 
-def test_the_operator_pod_is_admitted_under_restricted_pod_security(
+def test_the_namespaced_variant_passes_a_server_side_dry_run(kubectl: Kubectl,
+                                                              operator_kubeconfig: str) -> None:
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "models"}})
+    result = kubectl.run("apply", "-k", str(ROOT / "manifests" / "namespaced"),
+                         "--dry-run=server")
+    assert "role.rbac.authorization.k8s.io/slipway-operator" in result.stdout, result.stdout
+
+
+def test_kubectl_apply_k_manifests_is_accepted_and_the_operator_pod_admitted_as_restricted(
     kubectl: Kubectl, operator_kubeconfig: str
 ) -> None:
+    # When the whole base is applied for real
+    result = kubectl.run("apply", "-k", str(ROOT / "manifests"))
+    assert "deployment.apps/slipway-operator" in result.stdout, result.stdout
     namespace = kubectl.get("namespace", "slipway-system")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     (deployment,) = [d for d in rendered(kubectl) if d["kind"] == "Deployment"]
-    # The image is not in the node agent's table: the pod cannot run here, but admission (what
-    # this test is about) happens when the ReplicaSet creates it.
-    kubectl.apply(deployment)
+    # Then the ReplicaSet's pod is admitted under "restricted" Pod Security. (Its image is not in
+    # the node agent's table, so it does not run here: a second operator is not wanted anyway.)
     try:
         pods = wait_until(
             lambda: kubectl.get("pods", namespace="slipway-system",

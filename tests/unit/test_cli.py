@@ -39,3 +39,12 @@ def test_unknown_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["deploy"])
     assert exit_info.value.code == 2
+
+
+def test_the_readme_field_reference_is_what_slipway_docs_generates(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.conftest import ROOT
+
+    code = cli.main(["docs", "--check", str(ROOT / "README.md")])
+    assert code == 0, "run `slipway docs` to regenerate the README's field reference"
