@@ -9,6 +9,7 @@ delay. All kopf settings live in the one startup handler below.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -49,8 +50,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 def _schedule(namespace: str, name: str, delay: float) -> None:
-    """Look again after ``delay`` seconds (a bound that no watch event will announce)."""
-    timer = threading.Timer(delay, _reconcile_quietly, args=(namespace, name))
+    """Look again after ``delay`` seconds (a bound that no watch event will announce).
+
+    The timer runs in a copy of this handler's context: kopf keeps its settings (needed to post
+    Events) in context variables, which a bare thread would not see.
+    """
+    context = contextvars.copy_context()
+    timer = threading.Timer(delay, context.run, args=(_reconcile_quietly, namespace, name))
     timer.daemon = True
     timer.start()
 

@@ -188,6 +188,18 @@ def test_v3_that_crashes_at_start_is_caught_as_a_crash_loop_and_reverted(story: 
     assert story.serving_image() == f"{IMAGE}:1.0.0"
 
 
+def test_an_image_that_cannot_be_pulled_is_reverted_after_the_grace_period(story: Story) -> None:
+    story.given_v1_is_ready()
+    # When a release names an image no registry has
+    story.apply(release("5.0.0", "9.9.9-does-not-exist"))
+    # Then, once the pull has failed for the grace period, v1 serves again
+    md = story.wait_phase("RolledBack")
+    story.expect_events([("Normal", "Progressing"), ("Warning", "ImagePullFailed"),
+                         ("Warning", "RollingBack"), ("Normal", "RolledBack")])
+    assert "cannot pull image" in condition(md, "Stalled")["message"]  # type: ignore[index]
+    assert story.serving_image() == f"{IMAGE}:1.0.0"
+
+
 def test_a_failed_release_is_not_retried_until_asked_and_a_good_one_replaces_the_target(
     story: Story,
 ) -> None:

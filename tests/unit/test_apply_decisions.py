@@ -130,3 +130,27 @@ def test_invalid_spec_becomes_stalled_with_one_warning_per_generation() -> None:
     again = controller.reconcile({**body, "status": first.status}, posted.append, write)
     assert again.events == [] and len(written) == 1 and len(posted) == 1
     assert controller.status_patch(first.status, again.status) is None
+
+
+def test_coalescer_runs_once_more_for_events_that_arrive_during_a_run() -> None:
+    import threading
+
+    coalescer = controller.Coalescer()
+    started, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def slow() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            started.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=coalescer.run, args=(("ns", "md"), slow))
+    worker.start()
+    started.wait(5)
+    # Three events while the first run is busy: none blocks, and they fold into one more run.
+    assert [coalescer.run(("ns", "md"), slow) for _ in range(3)] == [False, False, False]
+    assert coalescer.run(("ns", "other"), lambda: None) is True  # other objects are not held up
+    release.set()
+    worker.join(5)
+    assert runs == [0, 1]
