@@ -513,6 +513,8 @@ class ExpectedValue(Base):
 
 
 class Expectation(Base):
+    """What the answer must be; checked in this order, stopping at the first failure."""
+
     status: int = Field(
         default=200,
         description="Expected HTTP status code (100–599). Default 200.",
@@ -602,6 +604,8 @@ class SmokeTest(Base):
 
 
 class Rollout(Base):
+    """How a new revision rolls out and how its smoke tests are sent."""
+
     progress_deadline_seconds: Annotated[int, Field(ge=10, le=86400)] = Field(
         default=600, description="Seconds a rollout may make no progress before it fails. "
         "Default 600."
@@ -650,6 +654,8 @@ class Rollout(Base):
 
 
 class Rollback(Base):
+    """The way back: automatic revert to the last verified revision, and how many to keep."""
+
     automatic: bool = Field(
         default=True, description="Revert to the rollback target when a release fails. Default true."
     )
