@@ -368,6 +368,9 @@ class Reconciler:
             return Outcome(status, events, phase_before=phase_before)
         try:
             return self._run(spec, generation, phase_before)
+        except kube.OwnerGone:
+            # Deleted while we looked: nothing to write, and the children are not ours to keep.
+            return Outcome(self.written, [], phase_before=phase_before)
         except kube.ChildConflict as error:
             message = str(error)
             status = _stalled_status(self.written, generation, conditions.CHILD_CONFLICT,

@@ -30,6 +30,10 @@ class ChildConflict(Exception):
     """A child's name is taken by an object that Slipway does not own and will not adopt."""
 
 
+class OwnerGone(Exception):
+    """The ModelDeployment is being deleted: adopting now would undo an orphaning delete."""
+
+
 @functools.cache
 def api_client() -> kubernetes.client.ApiClient:
     with _lock:
@@ -129,6 +133,22 @@ def check_ownership(desired: dict[str, Any], live: dict[str, Any]) -> None:
                 f"Slipway (no {render.LABEL_OWNER}={owner} label); delete or rename it")
 
 
+def recheck_owner_before_adopting(desired: dict[str, Any], live: dict[str, Any]) -> None:
+    """Before (re)adding our owner reference, read the owner afresh, as Kubernetes' own
+    controllers do: if it is being deleted (say with --cascade=orphan, the garbage collector
+    having just removed the reference), writing it back would get the child deleted."""
+    refs = desired["metadata"].get("ownerReferences") or []
+    if not refs:
+        return
+    if any(ref.get("uid") == refs[0]["uid"] for ref in live["metadata"].get("ownerReferences")
+           or []):
+        return
+    owner = read_model_deployment(desired["metadata"]["namespace"], refs[0]["name"])
+    if owner is None or owner["metadata"].get("uid") != refs[0]["uid"] or \
+            owner["metadata"].get("deletionTimestamp"):
+        raise OwnerGone(f"{refs[0]['kind']} {refs[0]['name']} is gone or being deleted")
+
+
 # --------------------------------------------------------------------------------------------
 # Reading and writing children
 
@@ -167,6 +187,7 @@ def _apply(kind: str, desired: dict[str, Any], live: dict[str, Any] | None) -> A
         check_ownership(desired, live)
         if not needs_write(body, live):
             return ApplyResult(kind, name, "unchanged", live)
+        recheck_owner_before_adopting(desired, live)
     kwargs = {"field_manager": FIELD_MANAGER, "force": True,
               "_content_type": "application/apply-patch+yaml"}
     if kind == "Deployment":
@@ -264,6 +285,7 @@ def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:
     want = body["metadata"].get("ownerReferences") or []
     if want and not any(ref.get("controller") for ref in owners):
         # Left behind by an orphaning delete of an earlier ModelDeployment of this name: adopt.
+        recheck_owner_before_adopting(body, existing)
         apps().patch_namespaced_controller_revision(
             meta["name"], meta["namespace"], {"metadata": {"ownerReferences": want}})
         existing = read_controller_revision(meta["namespace"], meta["name"]) or existing
