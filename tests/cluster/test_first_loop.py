@@ -83,13 +83,18 @@ def test_reapplying_an_unchanged_model_deployment_writes_nothing(
 ) -> None:
     kubectl.apply(minimal(), namespace)
     wait_ready(kubectl, namespace, "iris", operator)
-    time.sleep(2)  # let the last status write and child events settle
 
     def versions() -> tuple[str, str, str]:
         return tuple(kubectl.get(kind, "iris", namespace)["metadata"]["resourceVersion"]
                      for kind in ("md", "deployment", "service"))  # type: ignore[return-value]
 
-    before = versions()
+    def settled() -> tuple[str, str, str] | None:
+        # The Deployment's own status may still move for a moment after Ready.
+        first = versions()
+        time.sleep(2)
+        return first if versions() == first else None
+
+    before = wait_until(settled, timeout=30, what="the objects to stop changing")
     kubectl.apply(minimal(), namespace)  # a GitOps re-sync
     time.sleep(3)
     assert versions() == before

@@ -77,7 +77,12 @@ class Story:
 
     def expect_events(self, expected: list[tuple[str, str]], settle: float = 1.0) -> list[dict]:
         """The next Events, in order, are exactly ``expected`` (type, reason)."""
-        time.sleep(settle)  # events are posted asynchronously
+        # Events are posted asynchronously: wait for as many as expected, then a little longer
+        # so that an extra one (which would fail the test) has the time to show up.
+        deadline = time.monotonic() + 20
+        while len(self.md_events()) - self.seen < len(expected) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        time.sleep(settle)
         events = self.md_events()[self.seen:]
         got = [(e["type"], e["reason"]) for e in events]
         assert got == expected, "\n".join(f"{e['type']} {e['reason']}: {e['message']}"
