@@ -18,8 +18,6 @@ ROLLED_BACK = "RolledBack"
 
 # Reasons: CamelCase, one per cause an admin would act on differently.
 INVALID_SPEC = "InvalidSpec"
-PROGRESSING = "Progressing"
-ROLLOUT_COMPLETE = "RolloutComplete"
 CHILD_CONFLICT = "ChildConflict"
 APPLY_FAILED = "ApplyFailed"
 
@@ -36,11 +34,6 @@ def get(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] |
         if condition.get("type") == type_:
             return condition
     return None
-
-
-def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
-    condition = get(conditions, type_)
-    return bool(condition and condition.get("status") == "True")
 
 
 def set_condition(
@@ -70,11 +63,3 @@ def set_condition(
     rank = {name: index for index, name in enumerate(ORDER)}
     return sorted(merged, key=lambda c: (rank.get(c.get("type", ""), len(rank)), c.get("type")))
 
-
-def remove(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
-    return [c for c in conditions or [] if c.get("type") != type_]
-
-
-def same_ignoring_time(a: list[dict[str, Any]] | None, b: list[dict[str, Any]] | None) -> bool:
-    strip = lambda cs: [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []]  # noqa: E731
-    return strip(a) == strip(b)

@@ -26,11 +26,7 @@ HISTORY_LIMIT = 20
 SMOKE_ROUTE_ENV = "SLIPWAY_SMOKE_ROUTE"  # auto (default), direct, or proxy
 
 
-@dataclasses.dataclass(frozen=True)
-class Event:
-    type: str  # "Normal" or "Warning"
-    reason: str
-    message: str
+Event = lifecycle.Event
 
 
 @dataclasses.dataclass
@@ -38,7 +34,6 @@ class Outcome:
     status: dict[str, Any]
     events: list[Event] = dataclasses.field(default_factory=list)
     requeue_after: float | None = None
-    phase_before: str | None = None
 
 
 class Retry(Exception):
@@ -206,8 +201,7 @@ def record_target(meta: render.Meta, spec: models.ModelDeploymentSpec,
         "revision": number,
     }
     kube.create_controller_revision(body)
-    kept = [cr for cr in kube.list_controller_revisions(meta.namespace, meta.name)
-            if cr["metadata"]["name"] != name]
+    kept = [cr for cr in existing if cr["metadata"]["name"] != name]
     excess = len(kept) + 1 - spec.rollback.revision_history_limit
     for cr in kept[:max(excess, 0)]:
         kube.delete_controller_revision(meta.namespace, cr["metadata"]["name"])
@@ -306,14 +300,22 @@ _HISTORY_REASONS = {
 }
 
 
-def _with_history(status: dict[str, Any], events: tuple[lifecycle.Event, ...], revision: str,
-                  generation: int, label_spec: models.ModelDeploymentSpec) -> dict[str, Any]:
+# Verdicts about the rollback target rather than the desired revision.
+_TARGET_REASONS = {lifecycle.ROLLED_BACK, lifecycle.ROLLBACK_FAILED}
+
+
+def _with_history(status: dict[str, Any], events: tuple[lifecycle.Event, ...],
+                  observed: lifecycle.Observed, spec: models.ModelDeploymentSpec,
+                  target: Target | None) -> dict[str, Any]:
     entries = list(status.get("history") or [])
     for event in events:
         outcome = _HISTORY_REASONS.get(event.reason)
         if outcome is None:
             continue
-        entries.append({"revision": revision, "generation": generation,
+        about_target = event.reason in _TARGET_REASONS and target is not None
+        revision = target.revision if about_target and target else observed.desired
+        label_spec = target.spec if about_target and target else spec
+        entries.append({"revision": revision, "generation": observed.generation,
                         "modelVersion": label_spec.model.version,
                         "image": label_spec.runtime.image, "outcome": outcome,
                         "reason": event.reason, "at": conditions.now()})
@@ -342,6 +344,7 @@ class Reconciler:
         self.written = dict(body.get("status") or {})
         self.post = post
         self.write_status = write_status
+        self.deployment: dict[str, Any] | None = None  # as read by _observe
 
     def write(self, status: dict[str, Any]) -> None:
         patch = status_patch(self.written, status)
@@ -353,66 +356,55 @@ class Reconciler:
         for event in events:
             self.post(event)
 
+    def stall(self, reason: str, message: str, phase: str) -> Outcome:
+        """A spec that cannot be rolled out: a condition, and one Warning per cause."""
+        generation = self.meta.generation or 0
+        status = _stalled_status(self.written, generation, reason, message, phase)
+        events = _stall_events(self.written, generation, reason, message[:1000])
+        self.write(status)
+        self.emit(events)
+        return Outcome(status, events)
+
     def run(self) -> Outcome:
-        meta, old = self.meta, self.written
-        phase_before = old.get("phase")
-        generation = meta.generation or 0
         try:
             spec = validation.parse_spec(self.body.get("spec"))
         except validation.SpecError as error:
-            message = ("invalid spec: " + "; ".join(str(e) for e in error.errors))[:4000]
-            status = _stalled_status(old, generation, conditions.INVALID_SPEC, message, "Invalid")
-            events = _stall_events(old, generation, conditions.INVALID_SPEC, message[:1000])
-            self.write(status)
-            self.emit(events)
-            return Outcome(status, events, phase_before=phase_before)
+            message = "invalid spec: " + "; ".join(str(e) for e in error.errors)
+            return self.stall(conditions.INVALID_SPEC, message[:4000], "Invalid")
         try:
-            return self._run(spec, generation, phase_before)
+            return self._run(spec, self.meta.generation or 0)
         except kube.OwnerGone:
             # Deleted while we looked: nothing to write, and the children are not ours to keep.
-            return Outcome(self.written, [], phase_before=phase_before)
+            return Outcome(self.written)
         except kube.ChildConflict as error:
-            message = str(error)
-            status = _stalled_status(self.written, generation, conditions.CHILD_CONFLICT,
-                                     message, "Failed")
-            events = _stall_events(self.written, generation, conditions.CHILD_CONFLICT, message)
-            self.write(status)
-            self.emit(events)
-            return Outcome(status, events, phase_before=phase_before)
+            return self.stall(conditions.CHILD_CONFLICT, str(error), "Failed")
         except ApiException as error:
             if _is_transient(error):
                 raise Retry(f"API error {error.status}: {error.reason}") from error
             if "NamespaceTerminating" in (error.body or ""):
                 # Its namespace is going away, and the ModelDeployment with it.
-                return Outcome(self.written, [], phase_before=phase_before)
-            message = (f"the API server rejected a child: {error.status} {error.reason}: "
-                       f"{(error.body or '')[:800]}")
-            status = _stalled_status(self.written, generation, conditions.APPLY_FAILED,
-                                     message, "Failed")
-            events = _stall_events(self.written, generation, conditions.APPLY_FAILED, message)
-            self.write(status)
-            self.emit(events)
-            return Outcome(status, events, phase_before=phase_before)
+                return Outcome(self.written)
+            return self.stall(conditions.APPLY_FAILED,
+                              f"the API server rejected a child: {error.status} {error.reason}: "
+                              f"{(error.body or '')[:800]}", "Failed")
 
     def _observe(self, spec: models.ModelDeploymentSpec, rendered: render.Rendered,
                  target: Target | None, generation: int
                  ) -> tuple[lifecycle.Observed, rollout.RolloutStatus | None,
                             list[dict[str, Any]], float | None]:
         meta = self.meta
-        deployment = kube.read_deployment(meta.namespace, meta.name)
-        if deployment is not None:
+        deployment = self.deployment = kube.read_deployment(meta.namespace, meta.name)
+        if deployment is not None:  # fail before deciding anything about a stranger's object
             kube.check_ownership(rendered.deployment, deployment)
         live_revision = None
         state = None
         pods: list[dict[str, Any]] = []
-        recheck = None
         if deployment is not None:
             live_revision = ((deployment["spec"]["template"].get("metadata") or {})
                              .get("labels") or {}).get(render.LABEL_REVISION)
             state = rollout.deployment_rollout_status(deployment)
             pods = kube.list_pods(meta.namespace, render.selector_labels(meta))
         check = lifecycle.check_pods(pods, live_revision or "", time.time())
-        recheck = check.recheck_after
         annotations = (self.body.get("metadata") or {}).get("annotations") or {}
         observed = lifecycle.Observed(
             generation=generation,
@@ -426,10 +418,9 @@ class Reconciler:
             rollout=state,
             pod_problem=check.problem,
         )
-        return observed, state, pods, recheck
+        return observed, state, pods, check.recheck_after
 
-    def _run(self, spec: models.ModelDeploymentSpec, generation: int,
-             phase_before: str | None) -> Outcome:
+    def _run(self, spec: models.ModelDeploymentSpec, generation: int) -> Outcome:
         meta = self.meta
         rendered = render.render(spec, meta)
         target = load_target(meta, self.written)
@@ -443,7 +434,7 @@ class Reconciler:
             # the (read-only) smoke tests; the verdict is recorded once, below.
             status = _compose(self.written, decision, observed, state)
             self.write(status)
-            events = [Event(e.type, e.reason, e.message) for e in decision.events]
+            events = list(decision.events)
             self.emit(events)
             posted += events
             revision = decision.verify_revision or observed.desired
@@ -467,25 +458,20 @@ class Reconciler:
 
         if decision.record_target:
             status["rollbackTarget"] = record_target(meta, spec, rendered, generation)
-        label_spec = spec
-        if decision.phase in ("RolledBack",) and target is not None:
-            label_spec = target.spec
-        status = _with_history(status, decision.events, observed.desired
-                               if decision.phase != "RolledBack" else (observed.target or ""),
-                               generation, label_spec)
+        status = _with_history(status, decision.events, observed, spec, target)
 
         # Record first, then act: a restart after this point finds the decision and repeats
         # only idempotent applies.
         self.write(status)
         self._act(decision, spec, rendered, target, observed)
-        events = [Event(e.type, e.reason, e.message) for e in decision.events]
+        events = list(decision.events)
         self.emit(events)
         posted += events
         _count(decision)
         requeue = decision.requeue_after
         if recheck is not None and decision.phase in ("Progressing", "RollingBack"):
             requeue = recheck if requeue is None else min(requeue, recheck)
-        return Outcome(status, posted, requeue_after=requeue, phase_before=phase_before)
+        return Outcome(status, posted, requeue_after=requeue)
 
     def _act(self, decision: lifecycle.Decision, spec: models.ModelDeploymentSpec,
              rendered: render.Rendered, target: Target | None,
@@ -496,13 +482,15 @@ class Reconciler:
             # Left as it is: the admin sees the failing revision, nothing oscillates.
             kube.apply_service(rendered.service)
             return
+        # The Deployment as _observe read it: no second GET per reconcile. If it changed since,
+        # that change is an event of its own and brings another reconcile.
         if serving == observed.desired or decision.action == "apply-desired":
-            kube.apply_deployment(rendered.deployment)
+            kube.apply_deployment(rendered.deployment, self.deployment)
         elif target is not None and serving == target.revision:
             template = target.pod_template
             deployment = render.render_deployment(target.spec, meta, pod_template=template,
                                                   revision=target.revision)
-            kube.apply_deployment(deployment)
+            kube.apply_deployment(deployment, self.deployment)
         kube.apply_service(rendered.service)
 
 

@@ -12,7 +12,9 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
@@ -153,56 +155,50 @@ def recheck_owner_before_adopting(desired: dict[str, Any], live: dict[str, Any])
 # Reading and writing children
 
 
-def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
+def _or_none(read: Callable[[], Any]) -> dict[str, Any] | None:
+    """The object as a plain dict, or None when it does not exist."""
     try:
-        return _sanitize(apps().read_namespaced_deployment(name, namespace))
+        return dict(_sanitize(read()))
     except ApiException as error:
         if error.status == 404:
             return None
         raise
+
+
+def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
+    return _or_none(lambda: apps().read_namespaced_deployment(name, namespace))
 
 
 def read_service(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return _sanitize(core().read_namespaced_service(name, namespace))
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
+    return _or_none(lambda: core().read_namespaced_service(name, namespace))
 
 
-@dataclasses.dataclass(frozen=True)
-class ApplyResult:
-    kind: str
-    name: str
-    action: str  # "created", "updated" or "unchanged"
-    live: dict[str, Any]
-
-
-def _apply(kind: str, desired: dict[str, Any], live: dict[str, Any] | None) -> ApplyResult:
+def _apply(kind: str, desired: dict[str, Any], live: dict[str, Any] | None) -> str:
+    """Server-side apply ``desired`` unless ``live`` already matches; "created", "updated" or
+    "unchanged"."""
     name = desired["metadata"]["name"]
     namespace = desired["metadata"]["namespace"]
     body = with_applied_hash(desired)
     if live is not None:
         check_ownership(desired, live)
         if not needs_write(body, live):
-            return ApplyResult(kind, name, "unchanged", live)
+            return "unchanged"
         recheck_owner_before_adopting(desired, live)
     kwargs = {"field_manager": FIELD_MANAGER, "force": True,
               "_content_type": "application/apply-patch+yaml"}
     if kind == "Deployment":
-        result = apps().patch_namespaced_deployment(name, namespace, body, **kwargs)
+        apps().patch_namespaced_deployment(name, namespace, body, **kwargs)
     else:
-        result = core().patch_namespaced_service(name, namespace, body, **kwargs)
-    return ApplyResult(kind, name, "created" if live is None else "updated", _sanitize(result))
+        core().patch_namespaced_service(name, namespace, body, **kwargs)
+    return "created" if live is None else "updated"
 
 
-def apply_deployment(desired: dict[str, Any]) -> ApplyResult:
-    meta = desired["metadata"]
-    return _apply("Deployment", desired, read_deployment(meta["namespace"], meta["name"]))
+def apply_deployment(desired: dict[str, Any], live: dict[str, Any] | None) -> str:
+    """``live``: the Deployment as the caller just read it (None: it does not exist)."""
+    return _apply("Deployment", desired, live)
 
 
-def apply_service(desired: dict[str, Any]) -> ApplyResult:
+def apply_service(desired: dict[str, Any]) -> str:
     meta = desired["metadata"]
     return _apply("Service", desired, read_service(meta["namespace"], meta["name"]))
 
@@ -212,13 +208,8 @@ def apply_service(desired: dict[str, Any]) -> ApplyResult:
 
 
 def read_model_deployment(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return custom().get_namespaced_custom_object(
-            models.GROUP, models.VERSION, namespace, models.PLURAL, name)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
+    return _or_none(lambda: custom().get_namespaced_custom_object(
+        models.GROUP, models.VERSION, namespace, models.PLURAL, name))
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -242,12 +233,7 @@ def list_pods(namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def read_controller_revision(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return _sanitize(apps().read_namespaced_controller_revision(name, namespace))
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
+    return _or_none(lambda: apps().read_namespaced_controller_revision(name, namespace))
 
 
 def list_controller_revisions(namespace: str, owner: str) -> list[dict[str, Any]]:
@@ -286,9 +272,8 @@ def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:
     if want and not any(ref.get("controller") for ref in owners):
         # Left behind by an orphaning delete of an earlier ModelDeployment of this name: adopt.
         recheck_owner_before_adopting(body, existing)
-        apps().patch_namespaced_controller_revision(
-            meta["name"], meta["namespace"], {"metadata": {"ownerReferences": want}})
-        existing = read_controller_revision(meta["namespace"], meta["name"]) or existing
+        existing = _sanitize(apps().patch_namespaced_controller_revision(
+            meta["name"], meta["namespace"], {"metadata": {"ownerReferences": want}}))
     elif want and not any(ref.get("uid") == want[0]["uid"] for ref in owners):
         raise ChildConflict(f"ControllerRevision {meta['name']} belongs to another owner; "
                             "delete it so that Slipway can record its rollback target")
@@ -336,6 +321,4 @@ def api_proxy() -> ApiProxy:
 
 
 def in_cluster() -> bool:
-    import os
-
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))

@@ -17,6 +17,7 @@ the controller only carries decisions out. Two rules keep it from looping:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from typing import Any, Literal
 
 from slipway import conditions, rollout
@@ -149,6 +150,11 @@ def could_not_test_count(recorded: Recorded, revision: str, generation: int) -> 
     return 0
 
 
+def _retry_delay(tries: int) -> float:
+    """Back-off before the next "could not test" try."""
+    return COULD_NOT_TEST_DELAYS[min(tries, len(COULD_NOT_TEST_DELAYS)) - 1]
+
+
 def _transition(recorded: Recorded, phase: str, *events: Event) -> tuple[Event, ...]:
     """Events only on a change of phase: a resync of an unchanged object says nothing."""
     return events if recorded.phase != phase else ()
@@ -194,10 +200,7 @@ def _pursue_desired(recorded: Recorded, observed: Observed) -> Decision:
     decision = _verifying(recorded, observed, desired,
                           message=f"could not test yet ({tries} of {COULD_NOT_TEST_LIMIT}): "
                                   f"{smoke.message}")
-    return dataclasses.replace(decision, action="wait",
-                               requeue_after=COULD_NOT_TEST_DELAYS[min(tries,
-                                                                       len(COULD_NOT_TEST_DELAYS))
-                                                                   - 1])
+    return dataclasses.replace(decision, action="wait", requeue_after=_retry_delay(tries))
 
 
 def _progressing(recorded: Recorded, observed: Observed, action: Action, message: str,
@@ -350,8 +353,8 @@ def _after_failure(recorded: Recorded, observed: Observed,
     if tries >= COULD_NOT_TEST_LIMIT:
         return _rollback_failed(recorded, observed, failure,
                                 f"could not run its smoke tests {tries} times: {smoke.message}")
-    return Decision(action="wait", events=(), requeue_after=COULD_NOT_TEST_DELAYS[
-        min(tries, len(COULD_NOT_TEST_DELAYS)) - 1], **rolling_back)  # type: ignore[arg-type]
+    return Decision(action="wait", events=(), requeue_after=_retry_delay(tries),
+                    **rolling_back)  # type: ignore[arg-type]
 
 
 def _rolled_back(recorded: Recorded, observed: Observed, failure: dict[str, Any],
@@ -446,8 +449,6 @@ def check_pods(pods: list[dict[str, Any]], revision: str, now: float) -> PodChec
 
 
 def _timestamp(value: str | None) -> float:
-    import datetime
-
     if not value:
         return 0.0
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
