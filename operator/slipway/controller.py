@@ -23,6 +23,8 @@ from kubernetes.client.rest import ApiException
 from slipway import conditions, kube, lifecycle, metrics, models, render, rollout, smoke, validation
 
 HISTORY_LIMIT = 20
+# How often a ChildConflict is looked at again (the stranger may have been removed).
+CONFLICT_RECHECK_SECONDS = 30.0
 SMOKE_ROUTE_ENV = "SLIPWAY_SMOKE_ROUTE"  # auto (default), direct, or proxy
 
 
@@ -338,13 +340,16 @@ class Reconciler:
     """Carries one reconcile out; writes status as it goes."""
 
     def __init__(self, body: dict[str, Any], post: EventSink,
-                 write_status: StatusWriter = kube.patch_status) -> None:
+                 write_status: StatusWriter = kube.patch_status,
+                 conflict_recheck: float = CONFLICT_RECHECK_SECONDS) -> None:
         self.body = body
+        self.conflict_recheck = conflict_recheck
         self.meta = render.Meta.from_body(body)
         self.written = dict(body.get("status") or {})
         self.post = post
         self.write_status = write_status
         self.deployment: dict[str, Any] | None = None  # as read by _observe
+        self.service: dict[str, Any] | None = None  # as read by _observe
 
     def write(self, status: dict[str, Any]) -> None:
         patch = status_patch(self.written, status)
@@ -356,14 +361,21 @@ class Reconciler:
         for event in events:
             self.post(event)
 
-    def stall(self, reason: str, message: str, phase: str) -> Outcome:
-        """A spec that cannot be rolled out: a condition, and one Warning per cause."""
+    def stall(self, reason: str, message: str, phase: str,
+              recheck_after: float | None = None) -> Outcome:
+        """A spec that cannot be rolled out: a condition, and one Warning per cause.
+
+        The Warning is weighed against the status this reconcile started from, not against
+        what it wrote on the way: a reconcile that wrote Progressing before an apply failed
+        must not count as a new cause.
+        """
         generation = self.meta.generation or 0
         status = _stalled_status(self.written, generation, reason, message, phase)
-        events = _stall_events(self.written, generation, reason, message[:1000])
+        events = _stall_events(self.body.get("status") or {}, generation, reason,
+                               message[:1000])
         self.write(status)
         self.emit(events)
-        return Outcome(status, events)
+        return Outcome(status, events, requeue_after=recheck_after)
 
     def run(self) -> Outcome:
         try:
@@ -377,7 +389,10 @@ class Reconciler:
             # Deleted while we looked: nothing to write, and the children are not ours to keep.
             return Outcome(self.written)
         except kube.ChildConflict as error:
-            return self.stall(conditions.CHILD_CONFLICT, str(error), "Failed")
+            # No event announces that the stranger was deleted or renamed (it carries none of
+            # our labels): look again now and then; an unchanged conflict writes nothing.
+            return self.stall(conditions.CHILD_CONFLICT, str(error), "Failed",
+                              recheck_after=self.conflict_recheck)
         except ApiException as error:
             if _is_transient(error):
                 raise Retry(f"API error {error.status}: {error.reason}") from error
@@ -394,8 +409,13 @@ class Reconciler:
                             list[dict[str, Any]], float | None]:
         meta = self.meta
         deployment = self.deployment = kube.read_deployment(meta.namespace, meta.name)
-        if deployment is not None:  # fail before deciding anything about a stranger's object
-            kube.check_ownership(rendered.deployment, deployment)
+        service = self.service = kube.read_service(meta.namespace, meta.name)
+        # Fail before deciding or writing anything when a child's name is a stranger's: a
+        # status written first (Progressing) and the conflict after would flap the conditions
+        # and post a Warning on every reconcile.
+        for desired, live in ((rendered.deployment, deployment), (rendered.service, service)):
+            if live is not None:
+                kube.check_ownership(desired, live)
         live_revision = None
         state = None
         pods: list[dict[str, Any]] = []
@@ -480,9 +500,9 @@ class Reconciler:
         serving = decision.serving
         if decision.phase in ("Failed",) and decision.action == "none":
             # Left as it is: the admin sees the failing revision, nothing oscillates.
-            kube.apply_service(rendered.service)
+            kube.apply_service(rendered.service, self.service)
             return
-        # The Deployment as _observe read it: no second GET per reconcile. If it changed since,
+        # The children as _observe read them: no second GET per reconcile. If it changed since,
         # that change is an event of its own and brings another reconcile.
         if serving == observed.desired or decision.action == "apply-desired":
             kube.apply_deployment(rendered.deployment, self.deployment)
@@ -491,10 +511,11 @@ class Reconciler:
             deployment = render.render_deployment(target.spec, meta, pod_template=template,
                                                   revision=target.revision)
             kube.apply_deployment(deployment, self.deployment)
-        kube.apply_service(rendered.service)
+        kube.apply_service(rendered.service, self.service)
 
 
 def reconcile(body: dict[str, Any], post: EventSink,
-              write_status: StatusWriter = kube.patch_status) -> Outcome:
+              write_status: StatusWriter = kube.patch_status,
+              conflict_recheck: float = CONFLICT_RECHECK_SECONDS) -> Outcome:
     """Bring the children of one ModelDeployment in line with its spec and lifecycle."""
-    return Reconciler(body, post, write_status).run()
+    return Reconciler(body, post, write_status, conflict_recheck).run()

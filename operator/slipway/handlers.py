@@ -84,7 +84,8 @@ def reconcile(namespace: str, name: str) -> None:
                      event.message)
 
         try:
-            outcome = controller.reconcile(body, post)
+            outcome = controller.reconcile(body, post, conflict_recheck=_env_float(
+                "SLIPWAY_CONFLICT_RECHECK_SECONDS", controller.CONFLICT_RECHECK_SECONDS))
         except controller.Retry as error:
             metrics.RECONCILES.labels("retry").inc()
             errors.append(error)

@@ -198,9 +198,8 @@ def apply_deployment(desired: dict[str, Any], live: dict[str, Any] | None) -> st
     return _apply("Deployment", desired, live)
 
 
-def apply_service(desired: dict[str, Any]) -> str:
-    meta = desired["metadata"]
-    return _apply("Service", desired, read_service(meta["namespace"], meta["name"]))
+def apply_service(desired: dict[str, Any], live: dict[str, Any] | None) -> str:
+    return _apply("Service", desired, live)
 
 
 # --------------------------------------------------------------------------------------------

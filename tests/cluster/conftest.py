@@ -96,7 +96,8 @@ class Operator:
         self.metrics_port = dev_cluster.free_port()
 
     def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=self.kubeconfig, SLIPWAY_WATCH_SERVER_TIMEOUT="60")
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig, SLIPWAY_WATCH_SERVER_TIMEOUT="60",
+                   SLIPWAY_CONFLICT_RECHECK_SECONDS="2")
         with open(self.log, "ab") as out:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "slipway.cli", "run", "--liveness", "",

@@ -152,12 +152,34 @@ def test_a_child_name_taken_by_a_stranger_is_a_conflict_not_a_takeover(
                 "spec": {"ports": [{"port": 1234}], "selector": {"app": "other"}}}
     kubectl.apply(stranger, namespace)
     kubectl.apply(minimal(), namespace)
-    cond = wait_until(lambda: (condition(kubectl.get("md", "iris", namespace), "Stalled") or {})
-                      .get("reason") == "ChildConflict" and
-                      condition(kubectl.get("md", "iris", namespace), "Stalled"),
-                      timeout=30, what="ChildConflict", diagnose=operator.tail)
-    assert "Service iris already exists" in cond["message"]
+
+    def conflict() -> dict[str, Any] | None:
+        cond = condition(kubectl.get("md", "iris", namespace), "Stalled")  # one read per poll
+        return cond if cond and cond["reason"] == "ChildConflict" else None
+    cond = wait_until(conflict, timeout=30, what="ChildConflict", diagnose=operator.tail)
+    assert cond["status"] == "True" and "Service iris already exists" in cond["message"]
+    # Nothing half-applied: ownership of every child is checked before anything is written
+    assert kubectl.get("deployment", "iris", namespace) is None
     assert kubectl.get("service", "iris", namespace)["spec"]["ports"][0]["port"] == 1234
+
+    # While the conflict lasts the operator looks again (every 2 s here) and changes nothing:
+    # the condition does not flap and the Warning is not repeated.
+    before = operator.metric("slipway_reconciles_total", result="ok")
+    wait_until(lambda: operator.metric("slipway_reconciles_total", result="ok") >= before + 3,
+               timeout=30, what="three more reconciles", diagnose=operator.tail)
+    again = condition(kubectl.get("md", "iris", namespace), "Stalled")
+    assert again == cond
+    warnings = [(e["reason"], e.get("count", 1)) for e in kubectl.events(namespace, "iris")
+                if e["type"] == "Warning"]
+    assert warnings == [("ChildConflict", 1)]
+    assert kubectl.get("deployment", "iris", namespace) is None
+
+    # When the stranger is removed, Then the next look creates Slipway's own children
+    kubectl.run("delete", "service", "iris", "-n", namespace, "--wait=true")
+    md = wait_ready(kubectl, namespace, "iris", operator)
+    assert condition(md, "Stalled")["status"] == "False"  # type: ignore[index]
+    service = kubectl.get("service", "iris", namespace)
+    assert service["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
 
 
 def test_an_orphaned_child_of_the_same_name_is_adopted(

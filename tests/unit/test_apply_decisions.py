@@ -154,3 +154,32 @@ def test_coalescer_runs_once_more_for_events_that_arrive_during_a_run() -> None:
     release.set()
     worker.join(5)
     assert runs == [0, 1]
+
+
+def test_a_stall_after_a_status_written_mid_reconcile_is_not_a_new_cause() -> None:
+    # Given a ModelDeployment already stalled on ApplyFailed for this generation
+    body = {"metadata": {"name": "iris", "namespace": "ns", "generation": 2},
+            "spec": {"model": {"name": "iris"}}}
+    first = controller.Reconciler(body, lambda e: None, lambda *a: None).stall(
+        "ApplyFailed", "the API server rejected a child: 403", "Failed")
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "ApplyFailed")]
+    # When the next reconcile writes Progressing first and then fails the same way
+    posted: list[controller.Event] = []
+    written: list[dict] = []
+    again = controller.Reconciler({**body, "status": first.status}, posted.append,
+                                  lambda ns, name, patch: written.append(patch))
+    again.write({**first.status, "phase": "Progressing", "conditions": []})
+    outcome = again.stall("ApplyFailed", "the API server rejected a child: 403", "Failed",
+                          recheck_after=7)
+    # Then no second Warning, the status ends as it began, and the recheck is asked for
+    assert posted == [] and outcome.events == []
+    assert controller.status_patch(first.status, outcome.status) is None
+    assert outcome.requeue_after == 7
+    # But a different cause, or a new generation, is a new Warning
+    other = controller.Reconciler({**body, "status": first.status}, posted.append,
+                                  lambda *a: None).stall("ChildConflict", "Service iris", "Failed")
+    newer = controller.Reconciler({**body, "metadata": {**body["metadata"], "generation": 3},
+                                   "status": first.status}, posted.append, lambda *a: None
+                                  ).stall("ApplyFailed", "the API server rejected a child: 403",
+                                          "Failed")
+    assert [e.reason for e in other.events + newer.events] == ["ChildConflict", "ApplyFailed"]
