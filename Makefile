@@ -21,10 +21,12 @@ install: $(STAMP)
 binaries: $(STAMP)
 	@$(PY) -m slipway_dev.binaries
 
-## The whole test suite: import contracts, unit tests and cluster tests.
+## The whole test suite: import contracts, type check, unit tests and cluster tests.
 test: $(STAMP)
 	@echo "[test] import contracts"
 	@$(VENV)/bin/lint-imports --no-cache
+	@echo "[test] type check (mypy)"
+	@$(PY) -m mypy
 	@echo "[test] control-plane binaries for the cluster tests"
 	@$(PY) -m slipway_dev.binaries
 	@echo "[test] pytest (unit and cluster tests)"

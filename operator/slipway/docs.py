@@ -46,7 +46,7 @@ PREFACE = (
 )
 
 # Objects whose model has no docstring of its own but needs an intro line.
-_INTROS = {
+_INTROS: dict[type[pydantic.BaseModel], str] = {
     models.ModelDeploymentStatus: "Written by the operator through the status subresource; "
     "read it, never set it.",
 }

@@ -13,7 +13,7 @@ import contextvars
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -79,7 +79,7 @@ def reconcile(namespace: str, name: str) -> None:
             return
 
         def post(event: controller.Event) -> None:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
             log.info("%s/%s: %s %s: %s", namespace, name, event.type, event.reason,
                      event.message)
 

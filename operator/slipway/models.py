@@ -100,7 +100,7 @@ class Base(pydantic.BaseModel):
 # Quantities: parsed only to compare requests with limits offline; the API server stays the
 # authority on their canonical form.
 
-_SUFFIXES = {
+_SUFFIXES: dict[str, int | decimal.Decimal] = {
     "": 1, "n": decimal.Decimal("1e-9"), "u": decimal.Decimal("1e-6"), "m": decimal.Decimal("1e-3"),
     "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,

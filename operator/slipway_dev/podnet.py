@@ -36,7 +36,7 @@ class AddressPool:
     """Pod addresses of one node: the node's /24 (index i) inside the agent's range."""
 
     def __init__(self, cidr: str, node_index: int) -> None:
-        network = ipaddress.ip_network(cidr)
+        network = ipaddress.IPv4Network(cidr)  # pod networks here are IPv4
         subnets = list(network.subnets(new_prefix=24)) if network.prefixlen < 24 else [network]
         if node_index >= len(subnets):
             raise ValueError(f"{cidr} has no /24 for node #{node_index}")
@@ -92,7 +92,7 @@ class LoopbackNetwork:
     mode = "loopback"
 
     def __init__(self, cidr: str = "127.213.0.0/16") -> None:
-        if not ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network("127.0.0.0/8")):
+        if not ipaddress.IPv4Network(cidr).subnet_of(ipaddress.IPv4Network("127.0.0.0/8")):
             raise ValueError("loopback mode needs a range inside 127.0.0.0/8")
         self.cidr = cidr
 

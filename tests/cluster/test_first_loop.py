@@ -127,9 +127,9 @@ def test_a_spec_the_crd_accepts_but_slipway_cannot_use_is_reported_once(
     kubectl.apply(doc, namespace)
     # Then: InvalidSpec on Ready and Stalled, no children, and one Warning event
     def stalled() -> dict[str, Any] | None:
-        return condition(kubectl.get("md", "iris", namespace), "Stalled")
-    cond = wait_until(lambda: (stalled() or {}).get("status") == "True" and stalled(),
-                      timeout=30, what="Stalled=True", diagnose=operator.tail)
+        cond = condition(kubectl.get("md", "iris", namespace), "Stalled")  # one read per poll
+        return cond if cond and cond["status"] == "True" else None
+    cond = wait_until(stalled, timeout=30, what="Stalled=True", diagnose=operator.tail)
     assert cond["reason"] == "InvalidSpec"
     assert "spec.smokeTests[0].body.instances[0]" in cond["message"]
     md = kubectl.get("md", "iris", namespace)

@@ -205,6 +205,26 @@ def test_an_image_that_cannot_be_pulled_is_reverted_after_the_grace_period(story
     assert story.serving_image() == f"{IMAGE}:1.0.0"
 
 
+def test_a_release_that_never_becomes_ready_fails_at_the_progress_deadline_and_is_reverted(
+    story: Story,
+) -> None:
+    story.given_v1_is_ready()
+    # When a release's pods start and stay alive but never pass readiness (the model takes an
+    # hour to load), with a progress deadline of 15 s
+    never_ready = release("6.0.0", "1.0.0-slow-start")
+    never_ready["spec"]["runtime"]["env"] = [{"name": "SLIPWAY_INIT_DELAY", "value": "3600"}]
+    never_ready["spec"]["rollout"]["progressDeadlineSeconds"] = 15
+    story.apply(never_ready)
+    # Then the Deployment's ProgressDeadlineExceeded fails the release and v1 serves again
+    md = story.wait_phase("RolledBack")
+    story.expect_events([("Normal", "Progressing"), ("Warning", "ProgressDeadlineExceeded"),
+                         ("Warning", "RollingBack"), ("Normal", "RolledBack")])
+    assert md["status"]["lastFailure"]["reason"] == "ProgressDeadlineExceeded"
+    assert story.serving_image() == f"{IMAGE}:1.0.0"
+    wait_until(lambda: len(story.ready_pods()) == 2, timeout=60, what="2 Ready v1 pods",
+               diagnose=story.diagnose)
+
+
 def test_a_failed_release_is_not_retried_until_asked_and_a_good_one_replaces_the_target(
     story: Story,
 ) -> None:
