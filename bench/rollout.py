@@ -208,11 +208,7 @@ def main() -> None:
     operator = None
     try:
         kubectl = [state.binaries["kubectl"], "--kubeconfig", state.kubeconfig]
-        subprocess.run([*kubectl, "apply", "--server-side", "-f",
-                        str(ROOT / "crds" / "modeldeployments.slipway.dev.yaml")], check=True,
-                       capture_output=True)
-        subprocess.run([*kubectl, "wait", "--for=condition=Established",
-                        "crd/modeldeployments.slipway.dev"], check=True, capture_output=True)
+        cluster.install_crd(state)
         subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True,
                        capture_output=True)
         log = open(state_dir / "operator.log", "ab")  # noqa: SIM115 - the child keeps it

@@ -453,6 +453,35 @@ def _nodes_ready(state: ClusterState) -> bool:
     return set(state.nodes) <= ready
 
 
+CRD_NAME = "modeldeployments.slipway.dev"
+
+
+def _crd_established(state: ClusterState, name: str) -> bool:
+    result = _kubectl(state, "get", "crd", name, "-o", "json")
+    if result.returncode != 0:
+        return False
+    conditions = (json.loads(result.stdout).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
+def install_crd(state: ClusterState, progress: Progress | None = None, *,
+                timeout: float = 60) -> str:
+    """Apply the ModelDeployment CRD (server-side) and wait until it is Established.
+
+    Polled here rather than with `kubectl wait --for=condition=Established`: right after the
+    create the CRD has no status.conditions yet, and kubectl wait then fails at once ("<nil> is
+    of the type <nil>, expected []interface{}") instead of waiting.
+    """
+    crd = REPO_ROOT / "crds" / f"{CRD_NAME}.yaml"
+    result = _kubectl(state, "apply", "--server-side", "-f", str(crd))
+    if result.returncode != 0:
+        raise ClusterError(f"applying {crd} failed:\n{result.stderr.strip()}")
+    wait_for(f"CRD {CRD_NAME} Established", lambda: _crd_established(state, CRD_NAME),
+             progress or Progress(1, quiet=True), timeout=timeout,
+             log=pathlib.Path(state.state_dir) / "logs" / "kube-apiserver.log")
+    return CRD_NAME
+
+
 def down(state_dir: pathlib.Path | None = None, *, quiet: bool = False,
          keep_logs: bool = False) -> bool:
     """Stop every process ``up`` started (node agent first), then remove the state folder."""

@@ -100,10 +100,7 @@ def main(state_dir: pathlib.Path | None = None) -> int:
                       "node agent)")
         state = ensure_cluster(state_dir, progress)
         progress.next("ModelDeployment CRD")
-        crd = cluster.REPO_ROOT / "crds" / "modeldeployments.slipway.dev.yaml"
-        _must(_kubectl(state, "apply", "--server-side", "-f", str(crd)), "applying the CRD")
-        _must(_kubectl(state, "wait", "--for=condition=Established",
-                       "crd/modeldeployments.slipway.dev", "--timeout=60s"), "CRD Established")
+        cluster.install_crd(state, progress)
         progress.next("operator (slipway run)")
         ensure_operator(state, progress)
         progress.next(f"namespace {NAMESPACE} (Pod Security: restricted) and the reference "

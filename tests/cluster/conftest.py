@@ -50,12 +50,8 @@ def kubectl(cluster: dev_cluster.ClusterState) -> Kubectl:
 
 
 @pytest.fixture(scope="session")
-def crd(kubectl: Kubectl) -> str:
-    path = ROOT / "crds" / "modeldeployments.slipway.dev.yaml"
-    kubectl.run("apply", "--server-side", "-f", str(path))
-    kubectl.run("wait", "--for=condition=Established", "crd/modeldeployments.slipway.dev",
-                "--timeout=60s")
-    return "modeldeployments.slipway.dev"
+def crd(cluster: dev_cluster.ClusterState) -> str:
+    return dev_cluster.install_crd(cluster)
 
 
 OPERATOR_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")

@@ -40,7 +40,12 @@ def test_applying_an_example_creates_children_and_pods_become_ready(
 ) -> None:
     # Given the CRD and the operator; When a user applies the minimal example
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLES / "minimal.yaml"))
-    # Then a Deployment and a Service appear, owned by the ModelDeployment
+    # Then `kubectl wait`, started before the operator has written any status, returns once
+    # the ModelDeployment is Ready (the CI pattern: apply, then wait)
+    waited = kubectl.run("wait", "--for=condition=Ready", "md/iris", "-n", namespace,
+                         "--timeout=90s", check=False, timeout=120)
+    assert waited.returncode == 0, waited.stderr + operator.tail()
+    # And a Deployment and a Service appear, owned by the ModelDeployment
     md = wait_ready(kubectl, namespace, "iris", operator)
     deployment = kubectl.get("deployment", "iris", namespace)
     service = kubectl.get("service", "iris", namespace)
