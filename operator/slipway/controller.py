@@ -498,7 +498,7 @@ class Reconciler:
              observed: lifecycle.Observed) -> None:
         meta = self.meta
         serving = decision.serving
-        if decision.phase in ("Failed",) and decision.action == "none":
+        if decision.phase == "Failed" and decision.action == "none":
             # Left as it is: the admin sees the failing revision, nothing oscillates.
             kube.apply_service(rendered.service, self.service)
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
 import threading
 from typing import Any, cast
@@ -26,7 +27,24 @@ log = logging.getLogger("slipway")
 
 
 def _env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and math.isfinite(value)):  # NaN and inf too
+        raise SystemExit(f"slipway: {name}={raw!r} must be a number above 0 (default {default:g})")
+    return value
+
+
+# Read once, when `slipway run` loads the handlers (before kopf starts): a bad value stops the
+# operator at once, naming the variable.
+WATCH_TIMEOUT = int(_env_float("SLIPWAY_WATCH_SERVER_TIMEOUT", 300))
+MAX_WORKERS = int(_env_float("SLIPWAY_MAX_WORKERS", 8))
+CONFLICT_RECHECK = _env_float("SLIPWAY_CONFLICT_RECHECK_SECONDS",
+                              controller.CONFLICT_RECHECK_SECONDS)
 
 
 @kopf.on.startup()
@@ -39,10 +57,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=KOPF_PREFIX, key="last-handled-configuration")
     settings.persistence.finalizer = "slipway.dev/finalizer"
     settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = int(_env_float("SLIPWAY_WATCH_SERVER_TIMEOUT", 300))
-    settings.watching.client_timeout = int(_env_float("SLIPWAY_WATCH_SERVER_TIMEOUT", 300)) + 30
+    settings.watching.server_timeout = WATCH_TIMEOUT
+    settings.watching.client_timeout = WATCH_TIMEOUT + 30
     settings.watching.connect_timeout = 30
-    settings.execution.max_workers = int(_env_float("SLIPWAY_MAX_WORKERS", 8))
+    settings.execution.max_workers = MAX_WORKERS
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
@@ -79,13 +97,13 @@ def reconcile(namespace: str, name: str) -> None:
             return
 
         def post(event: controller.Event) -> None:
-            kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+            kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
+                       message=event.message)
             log.info("%s/%s: %s %s: %s", namespace, name, event.type, event.reason,
                      event.message)
 
         try:
-            outcome = controller.reconcile(body, post, conflict_recheck=_env_float(
-                "SLIPWAY_CONFLICT_RECHECK_SECONDS", controller.CONFLICT_RECHECK_SECONDS))
+            outcome = controller.reconcile(body, post, conflict_recheck=CONFLICT_RECHECK)
         except controller.Retry as error:
             metrics.RECONCILES.labels("retry").inc()
             errors.append(error)

@@ -185,7 +185,7 @@ def _apply(kind: str, desired: dict[str, Any], live: dict[str, Any] | None) -> s
             return "unchanged"
         recheck_owner_before_adopting(desired, live)
     kwargs: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
-              "_content_type": "application/apply-patch+yaml"}
+                              "_content_type": "application/apply-patch+yaml"}
     if kind == "Deployment":
         apps().patch_namespaced_deployment(name, namespace, body, **kwargs)
     else:
@@ -259,7 +259,9 @@ def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:
     response = client.call_api(method, url, header_params=headers, body=text)
     response.read()
     if 200 <= response.status < 300:
-        return dict(json.loads(response.data or b"{}"))
+        if not response.data:
+            raise ApiException(status=response.status, reason="created, but the answer had no body")
+        return dict(json.loads(response.data))
     if response.status != 409:
         raise ApiException(status=response.status, reason=response.reason,
                            http_resp=response)

@@ -248,9 +248,11 @@ def wait_for(what: str, check: Any, progress: Progress, *, timeout: float,
         time.sleep(0.2)
 
 
-def _kubectl(state: ClusterState, *args: str) -> subprocess.CompletedProcess[str]:
+def kubectl(state: ClusterState, *args: str, stdin: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The cluster's kubectl with its kubeconfig; output captured, never raises on failure."""
     return subprocess.run([state.binaries["kubectl"], "--kubeconfig", state.kubeconfig, *args],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, input=stdin, timeout=timeout)
 
 
 def up(state_dir: pathlib.Path | None = None, *, nodes: int = 1, network: str = "auto",
@@ -416,7 +418,7 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
 
     progress.next("default ServiceAccount and cluster roles")
     wait_for("ServiceAccount default/default",
-             lambda: _kubectl(state, "get", "serviceaccount", "default", "-n", "default")
+             lambda: kubectl(state, "get", "serviceaccount", "default", "-n", "default")
              .returncode == 0, progress, timeout=90, process=kcm,
              log=logs / "kube-controller-manager.log")
     state.save()
@@ -441,7 +443,7 @@ def pick_pod_network() -> tuple[str, str]:
 
 
 def _nodes_ready(state: ClusterState) -> bool:
-    result = _kubectl(state, "get", "nodes", "-o", "json")
+    result = kubectl(state, "get", "nodes", "-o", "json")
     if result.returncode != 0:
         return False
     items = json.loads(result.stdout).get("items", [])
@@ -457,7 +459,7 @@ CRD_NAME = "modeldeployments.slipway.dev"
 
 
 def _crd_established(state: ClusterState, name: str) -> bool:
-    result = _kubectl(state, "get", "crd", name, "-o", "json")
+    result = kubectl(state, "get", "crd", name, "-o", "json")
     if result.returncode != 0:
         return False
     conditions = (json.loads(result.stdout).get("status") or {}).get("conditions") or []
@@ -473,7 +475,7 @@ def install_crd(state: ClusterState, progress: Progress | None = None, *,
     of the type <nil>, expected []interface{}") instead of waiting.
     """
     crd = REPO_ROOT / "crds" / f"{CRD_NAME}.yaml"
-    result = _kubectl(state, "apply", "--server-side", "-f", str(crd))
+    result = kubectl(state, "apply", "--server-side", "-f", str(crd))
     if result.returncode != 0:
         raise ClusterError(f"applying {crd} failed:\n{result.stderr.strip()}")
     wait_for(f"CRD {CRD_NAME} Established", lambda: _crd_established(state, CRD_NAME),

@@ -20,12 +20,6 @@ NAMESPACE = "slipway-demo"
 EXAMPLE = cluster.REPO_ROOT / "examples" / "reference.yaml"
 
 
-def _kubectl(state: cluster.ClusterState, *args: str,
-             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([state.binaries["kubectl"], "--kubeconfig", state.kubeconfig, *args],
-                          capture_output=True, text=True, input=stdin, timeout=60)
-
-
 def _must(result: subprocess.CompletedProcess[str], what: str) -> str:
     if result.returncode != 0:
         raise cluster.ClusterError(f"{what} failed:\n{result.stderr.strip()}")
@@ -73,11 +67,11 @@ def show_until_ready(state: cluster.ClusterState, name: str, progress: cluster.P
     start = time.monotonic()
     last = ""
     while time.monotonic() - start < timeout:
-        table = _kubectl(state, "get", "md,pods", "-n", NAMESPACE, "-o", "wide").stdout
+        table = cluster.kubectl(state, "get", "md,pods", "-n", NAMESPACE, "-o", "wide").stdout
         if table != last:
             progress.say("kubectl get md,pods -n " + NAMESPACE + "\n" + table.rstrip())
             last = table
-        raw = _kubectl(state, "get", "md", name, "-n", NAMESPACE, "-o", "json")
+        raw = cluster.kubectl(state, "get", "md", name, "-n", NAMESPACE, "-o", "json")
         if raw.returncode == 0:
             md = json.loads(raw.stdout)
             for cond in (md.get("status") or {}).get("conditions") or []:
@@ -108,8 +102,8 @@ def main(state_dir: pathlib.Path | None = None) -> int:
         namespace = json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": NAMESPACE,
             "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-        _must(_kubectl(state, "apply", "-f", "-", stdin=namespace), "creating the namespace")
-        _must(_kubectl(state, "apply", "-n", NAMESPACE, "-f", str(EXAMPLE)), "applying "
+        _must(cluster.kubectl(state, "apply", "-f", "-", stdin=namespace), "creating the namespace")
+        _must(cluster.kubectl(state, "apply", "-n", NAMESPACE, "-f", str(EXAMPLE)), "applying "
               f"{EXAMPLE.name}")
         progress.next("waiting for the release to be rolled out and Ready")
         ready = show_until_ready(state, "iris", progress, timeout=240)

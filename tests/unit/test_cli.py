@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -48,3 +52,17 @@ def test_the_readme_field_reference_is_what_slipway_docs_generates(
 
     code = cli.main(["docs", "--check", str(ROOT / "README.md")])
     assert code == 0, "run `slipway docs` to regenerate the README's field reference"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "nan", "inf"])
+def test_run_stops_at_once_on_a_bad_tuning_variable(value: str) -> None:
+    # `slipway run` loads the handlers, which read their settings, before kopf starts: no
+    # cluster is needed to see the refusal.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+    env["SLIPWAY_CONFLICT_RECHECK_SECONDS"] = value
+    env["KUBECONFIG"] = "/nonexistent"
+    result = subprocess.run([sys.executable, "-m", "slipway.cli", "run", "--liveness", ""],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"SLIPWAY_CONFLICT_RECHECK_SECONDS='{value}' must be a number above 0" \
+        in result.stderr
