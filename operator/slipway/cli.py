@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from slipway import crd, docs, models, render, validation
+from slipway.api import crd, docs, models, validation
+from slipway.logic import render
 
 
 class Document:
@@ -135,7 +136,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from slipway import operator_main  # imported late: it pulls in kopf and the kube client
+    from slipway.engine import operator_main  # imported late: it pulls in kopf and the kube client
 
     return operator_main.run(
         namespaces=args.namespace or [], liveness=args.liveness, standalone=args.standalone,

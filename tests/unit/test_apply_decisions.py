@@ -6,7 +6,9 @@ import copy
 
 import pytest
 
-from slipway import controller, kube, lifecycle, rollout
+from slipway.clients import kube
+from slipway.engine import controller
+from slipway.logic import lifecycle, rollout
 
 DESIRED = {
     "metadata": {"name": "iris", "namespace": "ns", "labels": {"slipway.dev/model-deployment":

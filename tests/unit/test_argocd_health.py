@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from slipway import conditions
+from slipway.logic import conditions
 from tests.conftest import ROOT
 
 try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slipway import conditions
+from slipway.logic import conditions
 
 
 def test_transition_time_is_kept_when_status_does_not_change() -> None:

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
-from slipway import cli, crd, models
+from slipway import cli
+from slipway.api import crd, models
 from tests.conftest import ROOT
 
 CRD_PATH = ROOT / "crds" / "modeldeployments.slipway.dev.yaml"

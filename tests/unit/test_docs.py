@@ -12,7 +12,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from slipway import docs, models
+from slipway.api import docs, models
 
 REFERENCE = docs.render_field_reference()
 
@@ -209,7 +209,7 @@ def test_output_is_deterministic_and_ends_with_one_newline() -> None:
 
 def test_docs_imports_no_kubernetes_client() -> None:
     code = (
-        "import sys, slipway.docs\n"
+        "import sys, slipway.api.docs\n"
         "bad = [m for m in ('kubernetes', 'kopf', 'httpx', 'yaml') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from slipway import lifecycle
-from slipway.lifecycle import Observed, PodProblem, Recorded, SmokeResult
-from slipway.rollout import RolloutStatus
+from slipway.logic import lifecycle
+from slipway.logic.lifecycle import Observed, PodProblem, Recorded, SmokeResult
+from slipway.logic.rollout import RolloutStatus
 
 COMPLETE = RolloutStatus("Complete", "RolloutComplete", "2 of 2 available", 2, 2)
 ROLLING = RolloutStatus("Progressing", "Progressing", "1 of 2 updated replicas are available")

@@ -330,7 +330,7 @@ def test_network_policy_allows_only_model_pods_dns_and_the_api_server(
 
 
 def test_the_model_port_name_matches_the_renderer() -> None:
-    from slipway import render
+    from slipway.logic import render
 
     assert render.PORT_NAME == "http"
     assert render.LABEL_MANAGED_BY == "app.kubernetes.io/managed-by"

@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from slipway import crd, render, validation
+from slipway.api import crd, validation
+from slipway.logic import render
 from tests import pss
 from tests.conftest import EXAMPLES, GOLDEN
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from slipway import rollout
+from slipway.logic import rollout
 
 
 def deployment(*, generation: int = 2, observed: int = 2, replicas: int = 2, updated: int = 2,

@@ -15,7 +15,8 @@ from typing import Any
 import pydantic
 import pytest
 
-from slipway import models, smoke
+from slipway.api import models
+from slipway.clients import smoke
 
 INPUT = {
     "type": "object",

@@ -20,7 +20,7 @@ import dataclasses
 import datetime
 from typing import Any, Literal
 
-from slipway import conditions, rollout
+from slipway.logic import conditions, rollout
 
 RETRY_ANNOTATION = "slipway.dev/retry"
 

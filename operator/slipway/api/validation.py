@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import pydantic
 
-from slipway import models
+from slipway.api import models
 
 NAME_PATTERN = re.compile(models.DNS_1035_LABEL)
 

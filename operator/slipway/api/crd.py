@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from slipway import models
+from slipway.api import models
 
-HEADER = "# Generated from operator/slipway/models.py by `slipway crd`. Do not edit by hand.\n"
+HEADER = "# Generated from operator/slipway/api/models.py by `slipway crd`. Do not edit by hand.\n"
 
 # Keys of JSON Schema that structural OpenAPI v3 either forbids or that we keep out of the CRD:
 # defaults are applied by the operator (pydantic) and documented, so the CRD has one source.

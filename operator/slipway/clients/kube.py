@@ -20,7 +20,8 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from slipway import models, render
+from slipway.api import models
+from slipway.logic import render
 
 FIELD_MANAGER = "slipway"
 APPLIED_HASH = "slipway.dev/applied-hash"

@@ -16,8 +16,8 @@ def run(*, namespaces: list[str], liveness: str, standalone: bool, verbose: bool
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    from slipway import handlers  # noqa: F401  (registers the handlers)
-    from slipway import metrics
+    from slipway.engine import handlers  # noqa: F401  (registers the handlers)
+    from slipway.engine import metrics
 
     if metrics_port:
         metrics.serve(metrics_port)

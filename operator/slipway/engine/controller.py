@@ -20,7 +20,10 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from slipway import conditions, kube, lifecycle, metrics, models, render, rollout, smoke, validation
+from slipway.api import models, validation
+from slipway.clients import kube, smoke
+from slipway.engine import metrics
+from slipway.logic import conditions, lifecycle, render, rollout
 
 HISTORY_LIMIT = 20
 # How often a ChildConflict is looked at again (the stranger may have been removed).

@@ -40,7 +40,7 @@ import jsonschema
 import jsonschema.exceptions
 import jsonschema.validators
 
-from slipway import models
+from slipway.api import models
 
 Outcome = Literal["Passed", "Failed", "Error"]
 

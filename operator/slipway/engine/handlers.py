@@ -18,7 +18,10 @@ from typing import Any, cast
 
 import kopf
 
-from slipway import controller, kube, metrics, models, render
+from slipway.api import models
+from slipway.clients import kube
+from slipway.engine import controller, metrics
+from slipway.logic import render
 
 MANAGED = {render.LABEL_MANAGED_BY: render.MANAGER}
 KOPF_PREFIX = "kopf.slipway.dev"

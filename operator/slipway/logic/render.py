@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from slipway import models
+from slipway.api import models
 
 CONTAINER_NAME = "model-server"
 PORT_NAME = "http"

@@ -1,0 +1,2 @@
+"""The only code that talks to the outside: ``kube`` to the Kubernetes API, ``smoke`` over HTTP
+to the model servers."""
