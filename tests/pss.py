@@ -50,3 +50,43 @@ def violations(pod_spec: dict[str, Any]) -> list[str]:
             if port.get("hostPort"):
                 out.append(f"{name}: hostPort")
     return out
+
+
+APPARMOR_PREFIX = "container.apparmor.security.beta.kubernetes.io/"
+SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
+                "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
+                "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
+                "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"}
+SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+
+
+def template_violations(template: dict[str, Any]) -> list[str]:
+    """``violations`` of a whole pod template: the spec and what its annotations set (the
+    AppArmor and seccomp annotations the baseline and restricted levels check too)."""
+    out = violations(template.get("spec") or {})
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    for key, value in annotations.items():
+        if key.startswith(APPARMOR_PREFIX) and not (
+                value == "runtime/default" or str(value).startswith("localhost/")):
+            out.append(f"annotation {key}: AppArmor profile {value!r}")
+        if "seccomp.security.alpha.kubernetes.io" in key and value != "runtime/default":
+            out.append(f"annotation {key}: seccomp profile {value!r}")
+    spec = template.get("spec") or {}
+    contexts = [("pod", spec.get("securityContext") or {})] + [
+        (c["name"], c.get("securityContext") or {})
+        for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])]
+    for sysctl in (spec.get("securityContext") or {}).get("sysctls") or []:
+        if sysctl.get("name") not in SAFE_SYSCTLS:
+            out.append(f"sysctl {sysctl.get('name')} is not a safe one")
+    for name, context in contexts:
+        selinux = context.get("seLinuxOptions") or {}
+        if selinux.get("type", "") not in SELINUX_TYPES or selinux.get("user") or \
+                selinux.get("role"):
+            out.append(f"{name}: seLinuxOptions {selinux}")
+        if context.get("procMount") not in (None, "Default"):
+            out.append(f"{name}: procMount {context.get('procMount')}")
+        apparmor = (context.get("appArmorProfile") or {}).get("type")
+        if apparmor not in (None, "RuntimeDefault", "Localhost"):
+            out.append(f"{name}: appArmorProfile {apparmor}")
+    return out

@@ -64,8 +64,14 @@ def operator_kubeconfig(cluster: dev_cluster.ClusterState, kubectl: Kubectl, crd
     The whole cluster suite runs the operator with these: a rule missing from the ClusterRole
     fails the tests that need it, and test_zz_least_privilege fails on a rule nothing used.
     """
-    rendered = kubectl.run("kustomize", str(ROOT / "manifests")).stdout
-    docs = [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] in OPERATOR_KINDS]
+    # The base, and the proxy-route overlay: the suite runs the operator outside the cluster,
+    # where its smoke tests go through the API server's proxy (and, for the direct-route tests,
+    # straight to pod and cluster IPs).
+    docs = []
+    for path in (ROOT / "manifests", ROOT / "manifests" / "proxy-route"):
+        rendered = kubectl.run("kustomize", str(path)).stdout
+        docs += [doc for doc in yaml.safe_load_all(rendered)
+                 if doc and doc["kind"] in OPERATOR_KINDS]
     kubectl.apply(yaml.safe_dump_all(docs))
     token = kubectl.run("create", "token", "slipway-operator", "-n", "slipway-system",
                         "--duration=24h").stdout.strip()

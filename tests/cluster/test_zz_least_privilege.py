@@ -61,8 +61,9 @@ def test_every_clusterrole_rule_was_used_and_nothing_was_denied(
                      == "forbid"})
     assert denied == [], f"the ClusterRole denied the operator: {denied}"
     used = used_permissions(events)
-    role = kubectl.get("clusterrole", "slipway-operator")
-    granted = {(group, resource, verb) for rule in role["rules"]
+    granted = {(group, resource, verb)
+               for name in ("slipway-operator", "slipway-operator-proxy-route")
+               for rule in kubectl.get("clusterrole", name)["rules"]
                for group in rule["apiGroups"] for resource in rule["resources"]
                for verb in rule["verbs"]}
     unused = sorted(granted - used)

@@ -95,7 +95,6 @@ def test_cel_rules_cover_the_cross_field_invariants() -> None:
     text = "\n".join(rules)
     assert "self.metadata.name" in text
     assert "exists_one(u, u.name == t.name)" in text  # unique smoke-test names
-    assert "startsWith('/')" in text  # relative smoke-test paths
     assert "sha256" in text  # digest format
     assert "self >= 100 && self <= 599" in text  # status codes
 
@@ -104,3 +103,16 @@ def test_group_version_and_names_match_the_models() -> None:
     doc = crd.build_crd()
     assert doc["metadata"]["name"] == f"{models.PLURAL}.{models.GROUP}"
     assert doc["spec"]["names"]["kind"] == models.KIND
+
+
+def test_every_path_field_carries_the_url_path_rules_as_cel() -> None:
+    spec = root_schema()["properties"]["spec"]["properties"]
+    fields = {
+        "smokeTests[].path": spec["smokeTests"]["items"]["properties"]["path"],
+        "runtime.scoringPath": spec["runtime"]["properties"]["scoringPath"],
+        **{f"probes.{name}.path": spec["probes"]["properties"][name]["properties"]["path"]
+           for name in ("readiness", "liveness", "startup")},
+    }
+    for name, node in fields.items():
+        assert node.get("x-kubernetes-validations") == models.url_path_cel(), name
+        assert node["maxLength"] == 1024, name

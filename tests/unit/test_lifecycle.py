@@ -121,8 +121,15 @@ CASES: list[tuple[str, Recorded, Observed, str, str, bool, bool, bool, list[str]
      Recorded(phase="Verifying", desired_revision="d2",
               last_smoke={"revision": "d2", "generation": GEN, "outcome": "Error",
                           "attempts": lifecycle.COULD_NOT_TEST_LIMIT - 1}),
-     observed(smoke=smoke("d2", "Error", "no Ready pod")), "RollingBack", "apply-target", False,
-     True, False, ["SmokeTestsNotRun", "RollingBack"]),
+     observed(smoke=smoke("d2", "Error", "no Ready pod")), "Failed", "none", False, True, False,
+     ["SmokeTestsNotRun"]),
+    ("could-not-test-is-never-reverted-later",
+     Recorded(phase="Failed", last_failure=failure(reason=lifecycle.SMOKE_TESTS_NOT_RUN)),
+     observed(deployment_revision="d2"), "Failed", "none", False, True, False, []),
+    ("an-upgrade-that-renders-differently-keeps-the-block",
+     Recorded(phase="RolledBack", last_failure=failure("d2-as-rendered-before"),
+              last_smoke=passed("t1")),
+     observed(deployment_revision="t1"), "RolledBack", "none", False, True, True, []),
     ("target-equal-to-desired-is-not-a-way-back",
      Recorded(phase="Verifying", desired_revision="d2"),
      observed(target="d2", smoke=smoke("d2", "Failed")), "Failed", "none", False, True, False,
@@ -172,9 +179,22 @@ def test_rolled_back_condition_message_names_the_cause() -> None:
 
 
 def test_passed_verdict_records_the_target_and_clears_the_failure() -> None:
-    decision = lifecycle.decide(Recorded(phase="Verifying", last_failure=failure("d1")),
-                                observed(smoke=smoke("d2", "Passed")))
+    decision = lifecycle.decide(
+        Recorded(phase="Verifying", last_failure=failure("d1", generation=GEN - 1)),
+        observed(smoke=smoke("d2", "Passed")))
     assert decision.record_target and decision.clear_failure
+
+
+def test_could_not_test_names_why_nothing_was_reverted() -> None:
+    decision = lifecycle.decide(
+        Recorded(phase="Verifying", desired_revision="d2",
+                 last_smoke={"revision": "d2", "generation": GEN, "outcome": "Error",
+                             "attempts": lifecycle.COULD_NOT_TEST_LIMIT - 1}),
+        observed(smoke=smoke("d2", "Error", "could not reach it: connection refused")))
+    assert decision.serving == "d2" and decision.failure is not None
+    assert decision.failure["reason"] == lifecycle.SMOKE_TESTS_NOT_RUN
+    message = decision.conditions["Stalled"].message
+    assert "could not reach it: connection refused" in message and "not reverted" in message
 
 
 def test_a_rollback_failure_is_recorded_so_a_restart_does_not_retry_it() -> None:

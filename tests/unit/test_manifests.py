@@ -28,6 +28,7 @@ from tests.conftest import ROOT
 K8S_SCHEMA_VERSION = "1.36.0"
 MANIFESTS = ROOT / "manifests"
 NAMESPACED = MANIFESTS / "namespaced"
+PROXY_ROUTE = MANIFESTS / "proxy-route"
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE = "ghcr.io/slipway-dev/slipway-operator"
 SYSTEM_NS = "slipway-system"
@@ -42,12 +43,16 @@ KOPF_CLUSTER_RULES = {
 }
 NAMESPACED_RULES = {
     ("", "events"): {"create"},
-    ("slipway.dev", "modeldeployments"): {"get", "list", "watch", "patch"},
+    ("slipway.dev", "modeldeployments"): {"get", "list", "watch"},
     ("slipway.dev", "modeldeployments/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("apps", "controllerrevisions"): {"get", "list", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
+    ("discovery.k8s.io", "endpointslices"): {"list"},
+}
+# Only for an operator outside the cluster (manifests/proxy-route/), never in the base.
+PROXY_ROUTE_RULES = {
     ("", "pods/proxy"): {"get", "create"},
     ("", "services/proxy"): {"get", "create"},
 }
@@ -264,6 +269,17 @@ def test_cluster_role_grants_exactly_what_kopf_and_slipway_need(
     binding = only(cluster_wide, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
                                   "kind": "ClusterRole", "name": "slipway-operator"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slipway-operator",
+                                    "namespace": SYSTEM_NS}]
+
+
+def test_the_proxy_route_overlay_adds_the_proxy_subresources_and_nothing_else() -> None:
+    objs = kustomize(PROXY_ROUTE)
+    assert sorted(obj["kind"] for obj in objs) == ["ClusterRole", "ClusterRoleBinding"]
+    role = only(objs, "ClusterRole")
+    assert rule_table(role) == PROXY_ROUTE_RULES
+    binding = only(objs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] != "slipway-operator"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slipway-operator",
                                     "namespace": SYSTEM_NS}]
 

@@ -350,13 +350,15 @@ def test_timeout_fails_after_the_configured_seconds(app: App) -> None:
     assert 0.9 < elapsed < 2.5
 
 
-def test_connection_refused_fails_after_every_attempt() -> None:
+def test_connection_refused_is_could_not_test_after_every_attempt() -> None:
+    # Nothing reached the model: that says nothing about the release, so it is no failure.
     target = smoke.Target("pod/iris-abc", f"http://127.0.0.1:{closed_port()}")
     started = time.monotonic()
     verdict = run(make_spec(setosa(), attempts=3), target)
-    assert verdict.outcome == "Failed"
+    assert verdict.outcome == "Error"
     assert verdict.message == (
-        "smoke test 'setosa' on pod/iris-abc: connection refused after 3 attempts")
+        "smoke test 'setosa' on pod/iris-abc: could not reach it: connection refused after "
+        "3 attempts")
     assert time.monotonic() - started >= 0.55  # back-off 0.2 s + 0.4 s
 
 
@@ -482,13 +484,13 @@ def test_api_credentials_go_only_through_the_api_proxy(app: App) -> None:
 # Through the API server's proxy
 
 
-def test_api_proxy_unreachable_pod_is_retried_then_failed(app: App) -> None:
+def test_api_proxy_unreachable_pod_is_retried_then_could_not_test(app: App) -> None:
     path = "/api/v1/namespaces/ml/pods/iris-abc:8080/proxy/score"
     app.routes[path] = answer(503, kube_status(
         503, "ServiceUnavailable",
         "error trying to reach service: dial tcp 10.244.0.7:8080: connect: connection refused"))
     verdict = run(make_spec(setosa(), attempts=3), proxied(app))
-    assert verdict.outcome == "Failed"
+    assert verdict.outcome == "Error"
     assert len(app.requests_to(path)) == 3
     assert verdict.results[0].message == (
         "the API server could not reach it after 3 attempts: 503 ServiceUnavailable: "
@@ -626,3 +628,142 @@ def test_lookup_names_where_the_path_stops(path: str, message: str) -> None:
 def test_lookup_rejects_unsupported_paths(path: str) -> None:
     with pytest.raises(ValueError, match="JSON path"):
         smoke.lookup(DOC, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile specs and hostile answers: nothing leaves the target, nothing is unbounded
+
+
+def sneaky_path(spec: models.ModelDeploymentSpec, path: str) -> models.ModelDeploymentSpec:
+    """A spec whose test path skipped validation (as one read from an old object could)."""
+    test = spec.smoke_tests[0].model_copy(update={"path": path})
+    return spec.model_copy(update={"smoke_tests": [test]})
+
+
+@pytest.mark.parametrize("path", [
+    "/../../api/v1/namespaces/kube-system/configmaps", "/a/%2e%2e/b", "/a\\b", "//evil/x",
+    "/score#frag", "/score\r\nHost: evil",
+])
+def test_a_path_that_would_leave_the_target_is_never_sent(app: App, path: str) -> None:
+    spec = sneaky_path(make_spec(setosa(method="GET", body=None, expect={"status": 200})), path)
+    verdict = run(spec, proxied(app))
+    assert verdict.outcome == "Failed"
+    assert verdict.results[0].message.startswith("not sent: "), verdict.results[0].message
+    assert app.seen == []
+
+
+def test_url_for_appends_the_path_byte_for_byte_under_the_base() -> None:
+    target = smoke.Target("pod/p", "https://127.0.0.1:6443/api/v1/namespaces/ml/pods/p:8080/proxy",
+                          via_api_proxy=True)
+    url = smoke.url_for(target, "/v2/models/iris/infer?x=%20y")
+    assert url.raw_path == b"/api/v1/namespaces/ml/pods/p:8080/proxy/v2/models/iris/infer?x=%20y"
+    assert (url.host, url.port) == ("127.0.0.1", 6443)
+    with pytest.raises(smoke.UnsafeURL, match="'..' segments"):
+        smoke.url_for(target, "/a/../../../../api")
+
+
+def test_identity_is_asked_for_and_a_gzip_bomb_is_inflated_only_up_to_the_cap(app: App) -> None:
+    import gzip
+    bomb = gzip.compress(b'{"predictions": [' + b" " * 50_000_000 + b"]}", 9)
+    assert len(bomb) < 100_000
+    app.routes["/score"] = answer(200, bomb, {"Content-Encoding": "gzip"})
+    started = time.monotonic()
+    verdict = run(make_spec(setosa()), pod(app))
+    assert verdict.outcome == "Failed"
+    assert verdict.results[0].message == "response larger than 64 KiB"
+    assert time.monotonic() - started < 5  # 50 MB were never inflated
+    assert app.seen[0].headers["Accept-Encoding"] == "identity"
+
+
+def test_a_small_gzip_answer_is_read_and_checked(app: App) -> None:
+    import gzip
+    app.routes["/score"] = answer(200, gzip.compress(json.dumps(GOOD_ANSWER).encode()),
+                                  {"Content-Encoding": "gzip"})
+    verdict = run(make_spec(setosa()), pod(app))
+    assert verdict.outcome == "Passed", verdict.message
+
+
+def test_an_encoding_that_was_not_asked_for_fails(app: App) -> None:
+    app.routes["/score"] = answer(200, b"\x1b\x00", {"Content-Encoding": "br"})
+    verdict = run(make_spec(setosa()), pod(app))
+    assert verdict.outcome == "Failed"
+    assert verdict.results[0].message == (
+        "response body could not be decoded: the server answered with Content-Encoding br, "
+        "although asked for identity")
+
+
+def test_a_server_that_stalls_every_answer_is_cut_at_the_run_deadline(app: App) -> None:
+    def stall(handler: Handler, body: bytes) -> None:
+        app.stop.wait(30)
+
+    app.routes["/score"] = stall
+    spec = make_spec(setosa(), setosa(name="again"), timeout=20, attempts=3)
+    started = time.monotonic()
+    verdict = smoke.run_smoke_tests_sync(spec, [pod(app)], smoke.ClientSettings(), deadline=1)
+    assert time.monotonic() - started < 3
+    assert verdict.outcome == "Failed"
+    assert [r.message for r in verdict.results] == [
+        "no answer within the verification deadline of 1 s "
+        "(spec.rollout.verificationDeadlineSeconds)"] * 2
+
+
+def test_limiters_are_shared_between_runs(app: App) -> None:
+    def slow(handler: Handler, body: bytes) -> None:
+        time.sleep(0.2)
+        score(handler, body)
+
+    app.routes["/score"] = slow
+    spec = make_spec(*(setosa(name=f"t{i}") for i in range(4)))
+
+    async def both() -> list[smoke.Verdict]:
+        shared = asyncio.Semaphore(1)
+        return list(await asyncio.gather(*(
+            smoke.run_smoke_tests(spec, [pod(app)], smoke.ClientSettings(), limiters=[shared])
+            for _ in range(2))))
+
+    import asyncio
+    verdicts = asyncio.run(both())
+    assert [v.outcome for v in verdicts] == ["Passed", "Passed"]
+    assert len(app.seen) == 8 and app.max_in_flight == 1
+
+
+def test_a_catastrophic_pattern_in_the_output_schema_is_checked_in_linear_time(app: App
+                                                                              ) -> None:
+    app.routes["/score"] = answer(200, {"predictions": [{"label": "a" * 5000 + "!"}]})
+    spec = make_spec(setosa(expect={"bodySchema": {"type": "object", "properties": {
+        "predictions": {"type": "array", "items": {"properties": {
+            "label": {"type": "string", "pattern": "^(a|aa)+$"}}}}}}}))
+    verdict = run(spec, pod(app))
+    assert verdict.outcome == "Failed"
+    assert "does not match '^(a|aa)+$' at $.predictions[0].label" in verdict.results[0].message
+
+
+def test_checking_answers_has_a_cpu_budget_per_run(app: App,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smoke, "CHECK_SECONDS", 0.05)
+    app.routes["/score"] = answer(200, {"predictions": [{"label": "x"}] * 3000})
+    heavy = {"type": "object", "properties": {"predictions": {"type": "array", "items": {
+        "anyOf": [{"const": i} for i in range(1000)] + [{"type": "object"}]}}}}
+    verdict = run(make_spec(setosa(expect={"bodySchema": heavy})), pod(app))
+    assert verdict.outcome == "Failed"
+    assert verdict.results[0].message == (
+        "the answer could not be checked within the 0.05 s of CPU a run may spend on JSON "
+        "Schema checks")
+
+
+def test_impersonation_headers_are_never_sent_even_from_an_unchecked_spec(app: App) -> None:
+    spec = make_spec(setosa())
+    test = spec.smoke_tests[0].model_copy(update={"headers": {
+        "Impersonate-User": "system:admin", "X-Remote-Group": "system:masters", "X-Ok": "1"}})
+    verdict = run(spec.model_copy(update={"smoke_tests": [test]}), pod(app))
+    assert verdict.outcome == "Passed", verdict.message
+    sent = {name.lower() for name in app.seen[0].headers}
+    assert "x-ok" in sent and not sent & {"impersonate-user", "x-remote-group"}
+
+
+def test_a_refused_target_is_could_not_test_and_gets_no_request(app: App) -> None:
+    target = smoke.Target("service/iris", app.url, refusal="the Service is not Slipway's")
+    verdict = run(make_spec(setosa()), target)
+    assert verdict.outcome == "Error"
+    assert verdict.results[0].message == "not sent: the Service is not Slipway's"
+    assert app.seen == []

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import decimal
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-import jsonschema
-import jsonschema.exceptions
 import pydantic
 from pydantic import Field
 from pydantic.alias_generators import to_camel
+
+from slipway.api import jsonschemas
 
 GROUP = "slipway.dev"
 VERSION = "v1alpha1"
@@ -43,14 +44,86 @@ ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 IMAGE_REF = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"  # noqa: E501
 URI = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
 DIGEST = r"^sha256:[a-f0-9]{64}$"
-HTTP_PATH = r"^/[^\s]*$"
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+HEADER_VALUE = r"^[\t\x20-\x7e]*$"  # printable ASCII and tab: no CR, LF or NUL
 JSON_PATH = r"^\$((\.[A-Za-z_][A-Za-z0-9_-]*)|(\[[0-9]+\]))*$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 PERCENT_OR_INT = r"^(100|[1-9]?[0-9])%$"
 
-# Headers that the HTTP client owns: letting a smoke test set them would break the request.
-FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+# Headers that the HTTP client owns (letting a smoke test set them would break the request or
+# change where it goes), and prefixes the API server reads as credentials or identity when a
+# request goes through its proxy.
+FORBIDDEN_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
+    "keep-alive", "expect", "accept-encoding",
+})
+FORBIDDEN_HEADER_PREFIXES = ("proxy-", "impersonate-", "x-remote-")
+
+# Pod annotations that change how a pod is run or secured: the Kubernetes-reserved domains
+# (container.apparmor.security.beta.kubernetes.io/*, seccomp.security.alpha.kubernetes.io/*, ...)
+# but for a few that only inform tools, and the keys container runtimes read (CRI-O's devices
+# and user namespaces, crun's groups, Kata's sandbox settings). Slipway's pods are "restricted"
+# whatever the spec says, so these are refused rather than passed through.
+RESERVED_ANNOTATION_DOMAIN = r"^([^/]*[.])?(kubernetes[.]io|k8s[.]io)/"
+ALLOWED_RESERVED_ANNOTATIONS = ("cluster-autoscaler.kubernetes.io/safe-to-evict",
+                                "kubectl.kubernetes.io/default-container")
+RUNTIME_ANNOTATION_PREFIXES = ("io.kubernetes.cri-o.", "io.kubernetes.cri.", "io.containerd.",
+                               "run.oci.", "io.katacontainers.")
+_ANNOTATION_MESSAGES = (
+    "annotation keys under slipway.dev/ are reserved for Slipway",
+    "annotation keys in the Kubernetes domains (kubernetes.io, k8s.io) change how a pod is run "
+    "or secured (AppArmor, seccomp and the like); only "
+    + ", ".join(ALLOWED_RESERVED_ANNOTATIONS) + " may be set",
+    "annotation keys read by container runtimes ("
+    + ", ".join(p + "*" for p in RUNTIME_ANNOTATION_PREFIXES) + ") are not allowed",
+)
+
+
+def annotation_key_problem(key: str) -> str | None:
+    """Why a pod annotation key may not be set, or None when it may."""
+    if key.startswith("slipway.dev/"):
+        return _ANNOTATION_MESSAGES[0]
+    if re.search(RESERVED_ANNOTATION_DOMAIN, key) and key not in ALLOWED_RESERVED_ANNOTATIONS:
+        return _ANNOTATION_MESSAGES[1]
+    if key.lower().startswith(RUNTIME_ANNOTATION_PREFIXES):
+        return _ANNOTATION_MESSAGES[2]
+    return None
+
+
+def annotation_key_cel() -> list[dict[str, str]]:
+    allowed = ", ".join(cel_string(key) for key in ALLOWED_RESERVED_ANNOTATIONS)
+    runtime = " && ".join(f"!k.lowerAscii().startsWith({cel_string(prefix)})"
+                          for prefix in RUNTIME_ANNOTATION_PREFIXES)
+    return [
+        cel("self.all(k, !k.startsWith('slipway.dev/'))", _ANNOTATION_MESSAGES[0]),
+        cel(f"self.all(k, !k.matches({cel_string(RESERVED_ANNOTATION_DOMAIN)}) || k in "
+            f"[{allowed}])", _ANNOTATION_MESSAGES[1]),
+        cel(f"self.all(k, {runtime})", _ANNOTATION_MESSAGES[2]),
+    ]
+
+
+# Free-form JSON in a spec (request bodies, expected values, JSON Schemas, affinity): the CRD
+# cannot bound what it does not describe, so these bounds are checked by `slipway validate` and
+# by the operator. With them, and MAX_SPEC_BYTES for the whole, a spec stays far below the
+# 1.5 MiB etcd allows an object (its ControllerRevision holds the spec and the pod template).
+MAX_SPEC_BYTES = 128 * 1024
+MAX_BODY_BYTES = 16 * 1024
+MAX_EQUALS_BYTES = 4 * 1024
+MAX_AFFINITY_BYTES = 16 * 1024
+MAX_JSON_DEPTH = 32
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why a smoke test may not set header ``name``, or None when it may."""
+    lowered = name.lower()
+    if lowered in FORBIDDEN_HEADERS:
+        return f"header {name} is set by the HTTP client and cannot be overridden"
+    if lowered.startswith("proxy-"):
+        return f"header {name} is for proxies between client and server and cannot be sent"
+    if lowered.startswith(FORBIDDEN_HEADER_PREFIXES):
+        return f"header {name} is read by the API server as an identity and cannot be sent"
+    return None
+
 
 
 def cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str, str]:
@@ -63,6 +136,82 @@ def cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str, 
 
 def _extra(**kw: Any) -> dict[str, Any]:
     return {key.replace("_", "-"): value for key, value in kw.items()}
+
+
+def cel_string(value: str) -> str:
+    """A CEL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# --------------------------------------------------------------------------------------------
+# Paths that requests are sent to (smoke tests, the scoring path) or probed at. The operator
+# appends them to a pod's or the API server proxy's base URL, so each one must provably stay
+# under that base: no dot segments (an HTTP client or proxy resolves them, and
+# ".../pods/x/proxy/../../.." is the API server's own API), no encodings of them, no encoded or
+# back slashes, no fragment, no host. Each rule is checked by the CRD (CEL), by `slipway
+# validate` and by the operator, with the same message.
+
+_END = "{END}"  # end of text: "$" in RE2 (CEL), r"\Z" in Python (whose "$" allows a final "\n")
+
+URL_PATH_RULES: tuple[tuple[str, bool, str], ...] = (
+    # (regex with {END} for the end of text, must it match, message)
+    (r"^/(?:[A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})*"
+     r"(?:[?](?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?" + _END, True,
+     "path must start with '/' and hold only letters, digits, -._~!$&'()*+,;=:@/? and %XX "
+     "escapes (no spaces, backslashes, '#' or other characters)"),
+    (r"//", False, "path must not contain '//' (an empty segment, or a host)"),
+    (r"(?:^|/)[.][.]?(?:/|[?]|" + _END + ")", False,
+     "path must not contain '.' or '..' segments"),
+    (r"%(?:2[eEfF5]|5[cC]|[01][0-9a-fA-F]|7[fF])", False,
+     "path must not percent-encode '.', '/', '\\', '%' or control characters"),
+)
+
+_URL_PATH_CHECKS = tuple((re.compile(rule.replace(_END, r"\Z")), must, message)
+                         for rule, must, message in URL_PATH_RULES)
+
+
+def url_path_problem(value: str) -> str | None:
+    """Why ``value`` cannot be appended to a target's base URL, or None when it can."""
+    for rule, must, message in _URL_PATH_CHECKS:
+        if bool(rule.search(value)) != must:
+            return message
+    return None
+
+
+def url_path_cel() -> list[dict[str, str]]:
+    """The same rules as CEL (whose matches() is RE2, unanchored like re.search)."""
+    return [cel(("" if must else "!") + f"self.matches({cel_string(rule.replace(_END, '$'))})",
+                message) for rule, must, message in URL_PATH_RULES]
+
+
+def _keys_checked(problem_of: Callable[[str], str | None]
+                  ) -> Callable[[dict[str, str]], dict[str, str]]:
+    """A validator refusing a map whose key ``problem_of`` finds a problem with."""
+    def validate(mapping: dict[str, str]) -> dict[str, str]:
+        for key in mapping:
+            problem = problem_of(key)
+            if problem is not None:
+                raise ValueError(problem)
+        return mapping
+    return validate
+
+
+def _checked_path(value: str | None) -> str | None:
+    if value is not None:
+        problem = url_path_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
+UrlPath = Annotated[str, Field(max_length=1024, json_schema_extra=_extra(
+    x_kubernetes_validations=url_path_cel()))]
+
+# A map's keys, checked by the CRD too (pydantic's key pattern becomes patternProperties, which
+# a CRD may not have).
+QUALIFIED_KEYS_RULE = cel("self.all(k, k.matches(" + cel_string(QUALIFIED_KEY) + "))",
+                          "keys must be qualified names: an optional DNS prefix and '/', then "
+                          "at most 63 letters, digits, '-', '_' or '.'")
 
 
 Str63 = Annotated[str, Field(max_length=63)]
@@ -328,13 +477,15 @@ class Runtime(Base):
     port: Annotated[int, Field(ge=1, le=65535)] = Field(
         default=8080, description="Port the server listens on (also passed as PORT). Default 8080."
     )
-    scoring_path: Annotated[str, Field(max_length=1024, pattern=HTTP_PATH)] = Field(
+    scoring_path: UrlPath = Field(
         default="/score", description="Path of the scoring endpoint. Default /score."
     )
     resources: Resources | None = Field(default=None, description="Requests and limits.")
     run_as_user: Annotated[int, Field(ge=1, le=2147483647)] = Field(
         default=65532, description="Non-root UID the container runs as. Default 65532."
     )
+
+    _scoring_path = pydantic.field_validator("scoring_path")(_checked_path)
 
     @pydantic.field_validator("env")
     @classmethod
@@ -377,14 +528,16 @@ class Placement(Base):
     """Where and as whom the model pods run: GPU nodes, private registries, pod metadata."""
 
     node_selector: Annotated[dict[LabelKey, LabelValue], Field(max_length=32)] = Field(
-        default_factory=dict, description="Node labels the pods require."
+        default_factory=dict, description="Node labels the pods require.",
+        json_schema_extra=_extra(x_kubernetes_validations=[QUALIFIED_KEYS_RULE]),
     )
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
         default_factory=list, description="Taints the pods tolerate (e.g. nvidia.com/gpu)."
     )
     affinity: JsonObject | None = Field(
         default=None,
-        description="A Kubernetes Affinity object, passed through to the pod template.",
+        description="A Kubernetes Affinity object, passed through to the pod template (at most "
+        "16 KiB as JSON, 32 levels deep).",
     )
     service_account_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = (
         Field(default=None, description="ServiceAccount of the pods; when unset, the pods get no "
@@ -397,19 +550,46 @@ class Placement(Base):
         default_factory=dict,
         description="Extra pod labels (Slipway's own app.kubernetes.io/* and slipway.dev/* keys "
         "are reserved).",
+        json_schema_extra=_extra(x_kubernetes_validations=[
+            QUALIFIED_KEYS_RULE,
+            cel("self.all(k, !k.startsWith('app.kubernetes.io/') && "
+                "!k.startsWith('slipway.dev/'))",
+                "label keys under app.kubernetes.io/ and slipway.dev/ are reserved for Slipway"),
+        ]),
     )
     pod_annotations: Annotated[dict[LabelKey, Annotation], Field(max_length=32)] = Field(
-        default_factory=dict, description="Extra pod annotations."
+        default_factory=dict,
+        description="Extra pod annotations. Not under slipway.dev/, not in the Kubernetes "
+        "domains (kubernetes.io, k8s.io and their subdomains: AppArmor, seccomp and the like) "
+        "but for " + " and ".join(ALLOWED_RESERVED_ANNOTATIONS) + ", and none read by container "
+        "runtimes (" + ", ".join(p + "*" for p in RUNTIME_ANNOTATION_PREFIXES) + "): the pod "
+        "stays \"restricted\" whatever is set here.",
+        json_schema_extra=_extra(x_kubernetes_validations=[
+            QUALIFIED_KEYS_RULE, *annotation_key_cel()]),
     )
-    priority_class_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
+    priority_class_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = (
+        Field(default=None, description="PriorityClass of the pods; not a system- one.",
+              json_schema_extra=_extra(x_kubernetes_validations=[
+                  cel("!self.startsWith('system-')",
+                      "system- priority classes are for the cluster's own components")])))
 
-    @pydantic.field_validator("pod_labels")
+    @pydantic.field_validator("affinity")
     @classmethod
-    def _no_reserved_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key in labels:
-            if key.startswith(("app.kubernetes.io/", "slipway.dev/")):
-                raise ValueError(f"label {key} is reserved for Slipway")
-        return labels
+    def _bounded_affinity(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return value if value is None else _bounded_json(value, MAX_AFFINITY_BYTES)
+
+    _labels = pydantic.field_validator("pod_labels")(_keys_checked(
+        lambda key: f"label {key} is reserved for Slipway"
+        if key.startswith(("app.kubernetes.io/", "slipway.dev/")) else None))
+    _annotations = pydantic.field_validator("pod_annotations")(
+        _keys_checked(annotation_key_problem))
+
+    @pydantic.field_validator("priority_class_name")
+    @classmethod
+    def _no_system_priority(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("system-"):
+            raise ValueError("system- priority classes are for the cluster's own components")
+        return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,7 +599,7 @@ class Placement(Base):
 class Probe(Base):
     """An HTTP probe with the kubelet's timings."""
 
-    path: Annotated[str, Field(max_length=1024, pattern=HTTP_PATH)]
+    path: UrlPath
     port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
         default=None, description="Defaults to spec.runtime.port."
     )
@@ -428,6 +608,8 @@ class Probe(Base):
     timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 1
     success_threshold: Annotated[int, Field(ge=1, le=100)] = 1
     failure_threshold: Annotated[int, Field(ge=1, le=10000)] = 3
+
+    _path = pydantic.field_validator("path")(_checked_path)
 
 
 class Probes(Base):
@@ -476,23 +658,33 @@ class Probes(Base):
 
 
 def check_json_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Reject a JSON Schema that is itself invalid (draft 2020-12 unless ``$schema`` says)."""
+    """Reject a JSON Schema that is invalid, or one Slipway will not evaluate: see
+    ``jsonschemas`` (only local $refs, RE2 patterns, bounded size and expansion)."""
     if value is None:
         return None
-    cls = jsonschema.validators.validator_for(value, default=jsonschema.Draft202012Validator)
     try:
-        cls.check_schema(value)
-    except jsonschema.exceptions.SchemaError as error:
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise ValueError(f"not a valid JSON Schema at {where}: {error.message}") from None
+        jsonschemas.compiled(value)
+    except jsonschemas.SchemaProblem as problem:
+        raise ValueError(f"{problem.message} (at {problem.where} of the schema)") from None
+    return value
+
+
+def _bounded_json(value: Any, max_bytes: int) -> Any:
+    problem = jsonschemas.json_value_problem(value, max_bytes=max_bytes, max_depth=MAX_JSON_DEPTH)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
 class IOSchema(Base):
     """The request/response contract, as JSON Schemas (draft 2020-12 unless ``$schema`` says)."""
 
-    input: JsonObject = Field(description="JSON Schema every scoring request must satisfy.")
-    output: JsonObject = Field(description="JSON Schema every scoring response must satisfy.")
+    input: JsonObject = Field(description="JSON Schema every scoring request must satisfy."
+                              + " Only local $refs (no recursion), RE2 patterns; at most 32 KiB as JSON, 32 levels "
+        "deep, 5,000 subschemas with $refs followed.")
+    output: JsonObject = Field(description="JSON Schema every scoring response must satisfy."
+                               + " Only local $refs (no recursion), RE2 patterns; at most 32 KiB as JSON, 32 levels "
+        "deep, 5,000 subschemas with $refs followed.")
 
     @pydantic.field_validator("input", "output")
     @classmethod
@@ -507,9 +699,15 @@ class ExpectedValue(Base):
         description="A path such as $.predictions[0].label."
     )
     equals: Any = Field(
-        description="The value expected there (any JSON value).",
+        description="The value expected there (any JSON value; at most 4 KiB as JSON, 32 levels "
+        "deep).",
         json_schema_extra=_extra(x_kubernetes_preserve_unknown_fields=True),
     )
+
+    @pydantic.field_validator("equals")
+    @classmethod
+    def _bounded_equals(cls, value: Any) -> Any:
+        return _bounded_json(value, MAX_EQUALS_BYTES)
 
 
 class Expectation(Base):
@@ -527,7 +725,8 @@ class Expectation(Base):
     body_schema: JsonObject | None = Field(
         default=None,
         description="JSON Schema of the response body. Defaults to spec.schema.output when the "
-        "test targets the scoring path and expects a 2xx status.",
+        "test targets the scoring path and expects a 2xx status." + " Only local $refs (no recursion), RE2 patterns; at most 32 KiB as JSON, 32 levels "
+        "deep, 5,000 subschemas with $refs followed.",
     )
     values: Annotated[list[ExpectedValue], Field(max_length=32)] = Field(
         default_factory=list, description="Exact values at JSON paths of the response body."
@@ -556,47 +755,42 @@ class SmokeTest(Base):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = Field(
         default="POST", description="Default POST."
     )
-    path: Annotated[str, Field(max_length=2048)] | None = Field(
+    path: UrlPath | None = Field(
         default=None,
-        description="Path relative to the pod (never a host or scheme). Defaults to "
-        "spec.runtime.scoringPath.",
-        json_schema_extra=_extra(
-            x_kubernetes_validations=[
-                cel("self.startsWith('/') && !self.startsWith('//') && !self.contains(' ')",
-                    "path must be relative to the pod: start with a single '/', no scheme or host")
-            ]
-        ),
+        description="Path (and query) appended to the pod's or Service's address; never a host, "
+        "a scheme, a fragment or a '.'/'..' segment. Defaults to spec.runtime.scoringPath.",
     )
-    headers: Annotated[dict[Annotated[str, Field(pattern=HEADER_NAME)], Annotated[
-        str, Field(max_length=4096)]], Field(max_length=32)] = Field(
+    headers: Annotated[dict[Annotated[str, Field(max_length=256, pattern=HEADER_NAME)], Annotated[
+        str, Field(max_length=4096, pattern=HEADER_VALUE)]], Field(max_length=32)] = Field(
         default_factory=dict,
-        description="Request headers; Host, Content-Length, Transfer-Encoding and Connection "
-        "belong to the HTTP client.")
+        description="Request headers (printable ASCII values). Host, Content-Length, "
+        "Transfer-Encoding, Connection, Upgrade, TE, Trailer, Keep-Alive, Expect, Accept-Encoding "
+        "and Proxy-* belong to the HTTP client, Impersonate-* and X-Remote-* to the API server.",
+        json_schema_extra=_extra(x_kubernetes_validations=[
+            cel("self.all(k, k.matches(" + cel_string(HEADER_NAME) + ") && !(k.lowerAscii() in ["
+                + ", ".join(f"'{name}'" for name in sorted(FORBIDDEN_HEADERS)) + "]) && "
+                + " && ".join(f"!k.lowerAscii().startsWith('{prefix}')"
+                              for prefix in FORBIDDEN_HEADER_PREFIXES) + ")",
+                "a header name must be an HTTP token and not one the HTTP client or the API "
+                "server owns (Host, Content-Length, Transfer-Encoding, Connection, Upgrade, TE, "
+                "Trailer, Keep-Alive, Expect, Accept-Encoding, Proxy-*, Impersonate-*, "
+                "X-Remote-*)"),
+        ]))
     body: Any = Field(
         default=None,
-        description="JSON request body.",
+        description="JSON request body (at most 16 KiB as JSON, 32 levels deep).",
         json_schema_extra=_extra(x_kubernetes_preserve_unknown_fields=True),
     )
     expect: Expectation = Field(default_factory=Expectation)
 
-    @pydantic.field_validator("path")
-    @classmethod
-    def _relative_path(cls, value: str | None) -> str | None:
-        if value is not None and (
-            not value.startswith("/") or value.startswith("//") or re.search(r"\s", value)
-        ):
-            raise ValueError(
-                "path must be relative to the pod: start with a single '/', no scheme or host"
-            )
-        return value
+    _path = pydantic.field_validator("path")(_checked_path)
 
-    @pydantic.field_validator("headers")
+    @pydantic.field_validator("body")
     @classmethod
-    def _allowed_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name in headers:
-            if name.lower() in FORBIDDEN_HEADERS:
-                raise ValueError(f"header {name} is set by the HTTP client and cannot be overridden")
-        return headers
+    def _bounded_body(cls, value: Any) -> Any:
+        return _bounded_json(value, MAX_BODY_BYTES)
+
+    _headers = pydantic.field_validator("headers")(_keys_checked(header_name_problem))
 
 
 # --------------------------------------------------------------------------------------------
@@ -622,6 +816,11 @@ class Rollout(Base):
     smoke_test_attempts: Annotated[int, Field(ge=1, le=10)] = Field(
         default=3, description="Tries when a smoke test could not be sent (not when it failed). "
         "Default 3."
+    )
+    verification_deadline_seconds: Annotated[int, Field(ge=5, le=3600)] = Field(
+        default=120, description="Wall time one verification (every smoke test against every "
+        "target, retries included) may take; a check still waiting for its answer then fails. "
+        "Default 120."
     )
 
     @pydantic.field_validator("max_surge", "max_unavailable")

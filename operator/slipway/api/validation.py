@@ -12,10 +12,9 @@ import dataclasses
 import re
 from typing import Any
 
-import jsonschema
 import pydantic
 
-from slipway.api import models
+from slipway.api import jsonschemas, models
 
 NAME_PATTERN = re.compile(models.DNS_1035_LABEL)
 
@@ -63,6 +62,10 @@ def _pydantic_errors(error: pydantic.ValidationError, prefix: str) -> list[Field
     return out
 
 
+# CPU seconds for checking every smoke-test body of a spec against spec.schema.input.
+SPEC_CHECK_SECONDS = 1.0
+
+
 def semantic_errors(spec: models.ModelDeploymentSpec) -> list[FieldError]:
     """Rules that span fields: smoke-test bodies against the input contract.
 
@@ -70,9 +73,8 @@ def semantic_errors(spec: models.ModelDeploymentSpec) -> list[FieldError]:
     expects a 4xx may send a malformed one on purpose (a negative test).
     """
     errors: list[FieldError] = []
-    validator_cls = jsonschema.validators.validator_for(
-        spec.schema_.input, default=jsonschema.Draft202012Validator)
-    validator = validator_cls(spec.schema_.input)
+    schema = jsonschemas.compiled(spec.schema_.input)  # checked when the spec was parsed
+    budget = jsonschemas.Budget(SPEC_CHECK_SECONDS)
     for index, test in enumerate(spec.smoke_tests):
         if not spec.targets_scoring(test) or test.expect.status >= 400:
             continue
@@ -81,9 +83,16 @@ def semantic_errors(spec: models.ModelDeploymentSpec) -> list[FieldError]:
             errors.append(FieldError(
                 where, "a request to the scoring path needs a body that satisfies spec.schema.input"))
             continue
-        for error in sorted(validator.iter_errors(test.body), key=lambda e: list(e.path)):
-            at = field_path(where, tuple(error.path))
-            errors.append(FieldError(at, f"does not satisfy spec.schema.input: {error.message}"))
+        try:
+            problems = schema.problems(test.body, budget)
+        except jsonschemas.BudgetExceeded:
+            errors.append(FieldError(
+                where, f"could not be checked against spec.schema.input within "
+                f"{SPEC_CHECK_SECONDS:g} s of CPU (for all bodies); simplify the schema"))
+            break
+        for problem in problems:
+            errors.append(FieldError(field_path(where, problem.path),
+                                     f"does not satisfy spec.schema.input: {problem.message}"))
     for index, test in enumerate(spec.smoke_tests):
         if test.method in ("GET", "HEAD") and test.body is not None:
             errors.append(FieldError(f"spec.smokeTests[{index}].body",
@@ -95,6 +104,10 @@ def parse_spec(raw: Any) -> models.ModelDeploymentSpec:
     """Parse and check a ``spec``; raise SpecError with every problem found."""
     if not isinstance(raw, dict):
         raise SpecError([FieldError("spec", "must be an object")])
+    too_big = jsonschemas.json_value_problem(raw, max_bytes=models.MAX_SPEC_BYTES,
+                                             max_depth=64)
+    if too_big is not None:
+        raise SpecError([FieldError("spec", too_big)])
     try:
         spec = models.ModelDeploymentSpec.model_validate(raw)
     except pydantic.ValidationError as error:

@@ -4,6 +4,10 @@ Children are written with server-side apply under the field manager ``slipway``,
 live object differs from the rendered one (or when what Slipway applied last has changed, so that
 a field removed from the spec is removed from the child too). An unchanged reconcile therefore
 makes no write at all, and drift in any field Slipway owns is put back.
+
+Every call has a timeout (``REQUEST_TIMEOUT``: connect, read), so a stalled API server holds a
+reconcile thread for seconds, not forever; ``TRANSPORT_ERRORS`` are what a caller treats as
+transient besides 5xx/409/429 answers.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.rest import ApiException
 
 from slipway.api import models
@@ -25,6 +30,9 @@ from slipway.logic import render
 
 FIELD_MANAGER = "slipway"
 APPLIED_HASH = "slipway.dev/applied-hash"
+REQUEST_TIMEOUT = (5.0, 30.0)  # seconds to connect, seconds between bytes of the answer
+# The connection failed or broke (refused, reset, timed out, TLS): retry later, like a 5xx.
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (urllib3.exceptions.HTTPError,)
 
 _lock = threading.Lock()
 
@@ -44,7 +52,26 @@ def api_client() -> kubernetes.client.ApiClient:
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()
-        return kubernetes.client.ApiClient()
+        configuration = kubernetes.client.Configuration.get_default_copy()
+        # One quick retry of a failed connection; the caller retries the rest with back-off.
+        configuration.retries = urllib3.Retry(total=1, connect=1, read=0, status=0,
+                                              redirect=0, raise_on_status=False)
+        client = kubernetes.client.ApiClient(configuration)
+        _with_default_timeout(client.rest_client)
+        return client
+
+
+def _with_default_timeout(rest: Any) -> None:
+    """Give every request of this REST client REQUEST_TIMEOUT unless the call sets its own (the
+    generated API methods pass none, and urllib3 then waits forever)."""
+    request = rest.request
+
+    def timed(method: str, url: str, headers: Any = None, body: Any = None,
+              post_params: Any = None, _request_timeout: Any = None) -> Any:
+        return request(method, url, headers=headers, body=body, post_params=post_params,
+                       _request_timeout=_request_timeout or REQUEST_TIMEOUT)
+
+    rest.request = timed
 
 
 def core() -> kubernetes.client.CoreV1Api:
@@ -225,6 +252,13 @@ def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
 def list_pods(namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
     label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
     result = core().list_namespaced_pod(namespace, label_selector=label_selector)
+    return list(_sanitize(result).get("items") or [])
+
+
+def list_endpoint_slices(namespace: str, service: str) -> list[dict[str, Any]]:
+    """The EndpointSlices of a Service (those its selector made, and any made by hand)."""
+    result = kubernetes.client.DiscoveryV1Api(api_client()).list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={service}")
     return list(_sanitize(result).get("items") or [])
 
 

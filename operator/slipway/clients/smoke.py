@@ -9,14 +9,23 @@ model's fault and must not trigger a rollback).
 
 This is the only module of the operator that sends HTTP. Its rules:
 
-* requests go where the caller says and nowhere else: proxy variables in the environment are
-  ignored and redirects are not followed (a 3xx is just a status to compare);
+* requests go where the caller says and nowhere else: the final URL of every request is checked,
+  right before it is sent, to be the target's base URL with the test's path appended byte for
+  byte (an HTTP client resolves ``..``, and under the API server's proxy that is the API server's
+  own API); proxy variables in the environment are ignored and redirects are not followed (a 3xx
+  is just a status to compare);
 * credentials for the API server (``ClientSettings.headers`` and the client certificate) are used
   only for targets reached through the API server's proxy, never sent to a model pod directly;
-* every request is bounded: a timeout for the whole exchange, at most ``body_cap_bytes`` of body
-  read, at most 8 requests in flight;
-* a request that could not be delivered (connection refused, timeout, dropped connection, or the
-  API server saying it could not reach the pod) is retried a few times; a wrong answer is not;
+* every request is bounded: a timeout for the whole exchange, ``Accept-Encoding: identity`` and
+  at most ``body_cap_bytes`` read off the wire (a compressed answer is inflated only up to that
+  cap too), at most 8 requests of a run in flight, and whatever limiters the caller shares
+  between runs; the whole run has one deadline;
+* a request that could not be delivered (connection refused or timed out, or the API server
+  saying it could not reach the pod) is retried a few times, and if it never is, that is "could
+  not test" (``Error``), never a failure of the model: a model that accepted the connection and
+  then stalled, hung up or answered wrongly has failed;
+* response bodies are checked against the spec's JSON Schemas with ``jsonschemas`` (RE2, local
+  references only) on a CPU budget for the whole run;
 * each failure message names the test, the target and what the server said, in one line an admin
   can act on.
 """
@@ -32,15 +41,13 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal, NoReturn
 
 import httpx
-import jsonschema
-import jsonschema.exceptions
-import jsonschema.validators
 
-from slipway.api import models
+from slipway.api import jsonschemas, models
 
 Outcome = Literal["Passed", "Failed", "Error"]
 
@@ -51,6 +58,7 @@ MAX_VERDICT_MESSAGE = 1024
 SNIPPET_CHARS = 200
 BACKOFF_SECONDS = 0.2
 USER_AGENT = "slipway-smoke-test"
+CHECK_SECONDS = 2.0  # CPU for checking one run's answers against the spec's JSON Schemas
 
 # Through the API server's proxy: answers that come from the API server, not from the model.
 _UNREACHABLE_STATUSES = frozenset({502, 503})  # the API server could not reach the pod/Service
@@ -64,6 +72,7 @@ class Target:
     name: str  # "pod/iris-6d4f-abc" or "service/iris", used in messages
     base_url: str  # "http://10.215.1.2:8080", or an API server proxy URL ending in "/proxy"
     via_api_proxy: bool = False
+    refusal: str | None = None  # why nothing may be sent to it (reported as "could not test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,20 +186,21 @@ def _show(value: Any) -> str:
     return _one_line(text, 100)
 
 
-def _error_path(error: jsonschema.exceptions.ValidationError) -> str:
-    out = "$"
-    for part in error.absolute_path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
+class _CheckBudgetSpent(Exception):
+    """The run's CPU budget for JSON Schema checks is used up."""
 
 
-def _schema_problem(schema: Mapping[str, Any], document: Any) -> str | None:
-    validator_cls = jsonschema.validators.validator_for(
-        schema, default=jsonschema.Draft202012Validator)
-    error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(document))
-    if error is None:
+def _schema_problem(schema: Mapping[str, Any], document: Any,
+                    budget: jsonschemas.Budget) -> str | None:
+    try:
+        problem = jsonschemas.compiled(schema).first_problem(document, budget)
+    except jsonschemas.SchemaProblem as error:  # the spec was checked; an old one may not be
+        return f"the schema cannot be used: {_one_line(str(error), 200)}"
+    except jsonschemas.BudgetExceeded:
+        raise _CheckBudgetSpent from None
+    if problem is None:
         return None
-    return f"{_one_line(error.message, 200)} at {_error_path(error)}"
+    return f"{_one_line(problem.message, 200)} at {problem.json_path()}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,14 +253,42 @@ class _Plan:
     api_headers: Mapping[str, str]
     semaphore: asyncio.Semaphore
     cap: int
+    limiters: Sequence[asyncio.Semaphore]  # shared with other runs (fairness), taken in order
+    budget: jsonschemas.Budget
+
+
+class UnsafeURL(ValueError):
+    """The URL a request would go to is not the target's base with the test's path appended."""
+
+
+def url_for(target: Target, path: str) -> httpx.URL:
+    """The target's base URL with ``path`` appended byte for byte; raises UnsafeURL otherwise.
+
+    ``path`` was checked by the models (no dot segments, encodings of them, backslashes or
+    fragments); this is the proof at the last moment, against what the HTTP client would make
+    of it: same scheme, host and port, and a path that starts with the base's path and ends
+    with exactly ``path``.
+    """
+    base = httpx.URL(target.base_url)
+    problem = models.url_path_problem(path)
+    if problem is not None:
+        raise UnsafeURL(problem)
+    prefix = base.raw_path.split(b"?", 1)[0].rstrip(b"/")
+    expected = prefix + path.encode("ascii")
+    url = base.copy_with(raw_path=expected)
+    if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port) or \
+            url.raw_path != expected or not url.raw_path.startswith(prefix + b"/"):
+        raise UnsafeURL(f"the request would go to {_one_line(str(url), 200)}, not under "
+                        f"{target.base_url}")
+    return url
 
 
 def _request_headers(plan: _Plan, test: models.SmokeTest, target: Target) -> httpx.Headers:
-    headers = httpx.Headers({"User-Agent": USER_AGENT})
+    headers = httpx.Headers({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
     if test.body is not None:
         headers["Content-Type"] = "application/json"
     for name, value in test.headers.items():
-        if name.lower() not in models.FORBIDDEN_HEADERS:  # also enforced by the model
+        if models.header_name_problem(name) is None:  # also enforced by the model
             headers[name] = value
     if target.via_api_proxy:
         for name, value in plan.api_headers.items():
@@ -258,27 +296,61 @@ def _request_headers(plan: _Plan, test: models.SmokeTest, target: Target) -> htt
     return headers
 
 
+class _Undecodable(Exception):
+    """A Content-Encoding that cannot be read within the cap."""
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """At most ``cap + 1`` bytes of the body, raw off the wire and then inflated (gzip or
+    deflate) up to the same cap; and whether the body was longer than ``cap``."""
+    raw = bytearray()
+    async for chunk in response.aiter_raw():
+        raw += chunk
+        if len(raw) > cap:
+            break
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return bytes(raw[: cap + 1]), len(raw) > cap
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise _Undecodable(f"the server answered with Content-Encoding {encoding}, although "
+                           "asked for identity")
+    wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        body = inflater.decompress(bytes(raw[:cap]), cap + 1)
+    except zlib.error as error:
+        raise _Undecodable(f"the {encoding} body could not be inflated ({error})") from None
+    return body, len(body) > cap or len(raw) > cap
+
+
 async def _exchange(plan: _Plan, test: models.SmokeTest, target: Target) -> _Response:
     """Send one request and read its response (bounded); raises on transport errors."""
     client = plan.proxied if target.via_api_proxy and plan.proxied is not None else plan.direct
     content = None if test.body is None else json.dumps(test.body).encode()
-    url = target.base_url.rstrip("/") + plan.spec.test_path(test)
+    url = url_for(target, plan.spec.test_path(test))
     request = client.build_request(test.method, url, headers=_request_headers(plan, test, target),
                                    content=content)
+    if request.url.raw_path != url.raw_path or request.url.host != url.host or \
+            request.url.port != url.port:
+        raise UnsafeURL(f"the HTTP client changed the URL to {_one_line(str(request.url), 200)}")
     started = time.monotonic()
     async with asyncio.timeout(plan.spec.rollout.smoke_test_timeout_seconds):
         response = await client.send(request, stream=True)
         try:
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > plan.cap:
-                    break
+            body, oversize = await _read_capped(response, plan.cap)
         finally:
             await response.aclose()
     latency_ms = round((time.monotonic() - started) * 1000)
-    return _Response(response.status_code, response.headers, bytes(body[: plan.cap + 1]),
-                     len(body) > plan.cap, latency_ms)
+    return _Response(response.status_code, response.headers, body, oversize, latency_ms)
+
+
+@contextlib.asynccontextmanager
+async def _limited(limiters: Sequence[asyncio.Semaphore]) -> AsyncIterator[None]:
+    """Hold every limiter, taken in order (and given back if cancelled half-way)."""
+    async with contextlib.AsyncExitStack() as stack:
+        for limiter in limiters:
+            await stack.enter_async_context(limiter)
+        yield
 
 
 def _api_status(response: _Response) -> dict[str, Any] | None:
@@ -299,8 +371,15 @@ def _describe_status(response: _Response, status: Mapping[str, Any]) -> str:
     return _one_line(f"{head}: {status.get('message') or '(no message)'}", 300)
 
 
+def _could_not_connect(error: BaseException) -> bool:
+    """True when no connection was made at all: the request never reached the server."""
+    return isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
 def _describe_transport(error: BaseException, timeout: int) -> tuple[str, bool]:
     """A short description of a transport failure, and whether it was a timeout."""
+    if isinstance(error, httpx.ConnectTimeout):
+        return f"could not connect within {timeout}s", True
     if isinstance(error, (TimeoutError, httpx.TimeoutException)):
         return f"timed out after {timeout}s", True
     text = str(error) or type(error).__name__
@@ -347,9 +426,19 @@ def _result(test: models.SmokeTest, target: Target, outcome: Outcome, message: s
 async def _run_one(plan: _Plan, test: models.SmokeTest, target: Target
                    ) -> models.SmokeTestResult:
     """One test against one target, with retries when the request could not be delivered."""
-    not_sendable = _not_sendable(plan.spec, test)
+    try:
+        not_sendable = _not_sendable(plan.spec, test, plan.budget)
+    except _CheckBudgetSpent:
+        not_sendable = (f"not sent: the request body could not be checked within the "
+                        f"{CHECK_SECONDS:g} s of CPU a run may spend on JSON Schema checks")
     if not_sendable is not None:
         return _result(test, target, "Failed", not_sendable)
+    if target.refusal is not None:
+        return _result(test, target, "Error", f"not sent: {target.refusal}")
+    try:
+        url_for(target, plan.spec.test_path(test))
+    except UnsafeURL as error:
+        return _result(test, target, "Failed", f"not sent: {error}")
     attempts = plan.spec.rollout.smoke_test_attempts
     timeout = plan.spec.rollout.smoke_test_timeout_seconds
     for attempt in range(1, attempts + 1):
@@ -357,40 +446,51 @@ async def _run_one(plan: _Plan, test: models.SmokeTest, target: Target
             await asyncio.sleep(BACKOFF_SECONDS * 2 ** (attempt - 2))
         last = attempt == attempts
         tried = f"{attempt} attempt{_plural(attempt)}"
-        async with plan.semaphore:
+        async with plan.semaphore, _limited(plan.limiters):
             try:
                 response = await _exchange(plan, test, target)
+            except UnsafeURL as error:
+                return _result(test, target, "Failed", f"not sent: {error}")
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as error:
                 return _result(test, target, "Error", f"could not send the request: {error}")
-            except httpx.DecodingError as error:
+            except (httpx.DecodingError, _Undecodable) as error:
                 return _result(test, target, "Failed",
                                f"response body could not be decoded: {_one_line(str(error), 200)}")
             except (TimeoutError, httpx.TransportError) as error:
                 if not last:
                     continue
                 what, timed_out = _describe_transport(error, timeout)
-                if target.via_api_proxy and isinstance(error, httpx.ConnectError):
+                if _could_not_connect(error):
+                    # Nothing reached the model: the operator could not test, which says nothing
+                    # about the release (a NetworkPolicy, a partition, the API server down).
+                    where = "the API server" if target.via_api_proxy else "it"
                     return _result(test, target, "Error",
-                                   f"could not reach the API server: {what} after {tried}")
+                                   f"could not reach {where}: {what} after {tried}")
                 if timed_out:
                     return _result(test, target, "Failed", f"{what} ({tried})")
                 return _result(test, target, "Failed", f"{what} after {tried}")
         status = _api_status(response) if target.via_api_proxy else None
         if status is None:
-            return _check(plan.spec, test, target, response, plan.cap)
+            try:
+                return _check(plan, test, target, response)
+            except _CheckBudgetSpent:
+                return _result(test, target, "Failed",
+                               f"the answer could not be checked within the {CHECK_SECONDS:g} s "
+                               "of CPU a run may spend on JSON Schema checks", response)
         if response.status in _RETRY_API_STATUSES and not last:
             continue
         said = _describe_status(response, status)
         if response.status in _UNREACHABLE_STATUSES:
-            return _result(test, target, "Failed",
+            return _result(test, target, "Error",
                            f"the API server could not reach it after {tried}: {said}", response)
         return _result(test, target, "Error", f"the API server refused to proxy: {said}", response)
     raise AssertionError("unreachable: the last attempt always returns")  # pragma: no cover
 
 
-def _check(spec: models.ModelDeploymentSpec, test: models.SmokeTest, target: Target,
-           response: _Response, cap: int) -> models.SmokeTestResult:
+def _check(plan: _Plan, test: models.SmokeTest, target: Target,
+           response: _Response) -> models.SmokeTestResult:
     """The expectations, in order; the first that fails decides."""
+    spec, cap = plan.spec, plan.cap
     expect = test.expect
 
     def failed(message: str) -> models.SmokeTestResult:
@@ -414,7 +514,7 @@ def _check(spec: models.ModelDeploymentSpec, test: models.SmokeTest, target: Tar
         if schema is not None:
             schema_name = "expect.bodySchema" if expect.body_schema is not None else (
                 "spec.schema.output")
-            problem = _schema_problem(schema, document)
+            problem = _schema_problem(schema, document, plan.budget)
             if problem is not None:
                 return failed(f"response does not satisfy {schema_name}: {problem}")
         for expected in expect.values:
@@ -434,14 +534,15 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
-def _not_sendable(spec: models.ModelDeploymentSpec, test: models.SmokeTest) -> str | None:
+def _not_sendable(spec: models.ModelDeploymentSpec, test: models.SmokeTest,
+                  budget: jsonschemas.Budget) -> str | None:
     """Why the test's request must not be sent (a request body that breaks the contract)."""
     if not spec.targets_scoring(test) or test.expect.status >= 400:
         return None
     if test.body is None:
         return ("not sent: a request to the scoring path needs a body that satisfies "
                 "spec.schema.input")
-    problem = _schema_problem(spec.schema_.input, test.body)
+    problem = _schema_problem(spec.schema_.input, test.body, budget)
     if problem is None:
         return None
     return f"not sent: the request body does not satisfy spec.schema.input: {problem}"
@@ -469,6 +570,7 @@ def _make_client(context: ssl.SSLContext, timeout: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         verify=context,
         timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(max_connections=MAX_CONCURRENCY, max_keepalive_connections=4),
         follow_redirects=False,  # a 3xx is a status to compare, not a place to go
         trust_env=False,  # proxy variables, .netrc and SSL_CERT_* of the environment are ignored
     )
@@ -507,13 +609,20 @@ def _summary(results: list[models.SmokeTestResult], tests: int, targets: Sequenc
 
 
 async def run_smoke_tests(spec: models.ModelDeploymentSpec, targets: Sequence[Target],
-                          client: ClientSettings) -> Verdict:
-    """Send every smoke test to every target (concurrently, bounded) and judge the answers."""
+                          client: ClientSettings, *, deadline: float | None = None,
+                          limiters: Sequence[asyncio.Semaphore] = ()) -> Verdict:
+    """Send every smoke test to every target (concurrently, bounded) and judge the answers.
+
+    ``deadline`` (seconds) bounds the whole run: a check still waiting for its answer then fails
+    for want of one. ``limiters`` are semaphores shared with other runs, each taken around every
+    request (a global and a per-tenant share, say), so that one slow tenant cannot take them all.
+    """
     started = _now()
     if not targets:
         return Verdict("Error", "no targets to test", [], started, _now())
     tests = list(spec.smoke_tests)
     timeout = spec.rollout.smoke_test_timeout_seconds
+    deadline = spec.rollout.verification_deadline_seconds if deadline is None else deadline
     try:  # certificates are loaded before any connection is opened
         direct_tls = _ssl_context(client, with_cert=False)
         proxied_tls = None
@@ -522,17 +631,35 @@ async def run_smoke_tests(spec: models.ModelDeploymentSpec, targets: Sequence[Ta
     except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
         message = _one_line(f"could not set up the HTTP client: {error}", MAX_RESULT_MESSAGE)
         return Verdict("Error", message, [], started, _now())
+    jobs = [(test, target) for test in tests for target in targets]
     async with contextlib.AsyncExitStack() as stack:
         direct = await stack.enter_async_context(_make_client(direct_tls, timeout))
         proxied = None
         if proxied_tls is not None:
             proxied = await stack.enter_async_context(_make_client(proxied_tls, timeout))
         plan = _Plan(spec, direct, proxied, dict(client.headers),
-                     asyncio.Semaphore(MAX_CONCURRENCY), client.body_cap_bytes)
-        results = list(await asyncio.gather(*(
-            _guarded(plan, test, target) for test in tests for target in targets)))
+                     asyncio.Semaphore(MAX_CONCURRENCY), client.body_cap_bytes, tuple(limiters),
+                     jsonschemas.Budget(CHECK_SECONDS))
+        tasks = [asyncio.ensure_future(_guarded(plan, test, target)) for test, target in jobs]
+        try:
+            await asyncio.wait(tasks, timeout=deadline)
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    results = [
+        task.result() if not task.cancelled() and task.exception() is None else _result(
+            test, target, "Failed",
+            f"no answer within the verification deadline of {_seconds(deadline)} "
+            "(spec.rollout.verificationDeadlineSeconds)")
+        for task, (test, target) in zip(tasks, jobs, strict=True)]
     outcome, message = _summary(results, len(tests), targets)
     return Verdict(outcome, message, _bounded(results), started, _now())
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
 
 
 async def _guarded(plan: _Plan, test: models.SmokeTest, target: Target
@@ -546,6 +673,6 @@ async def _guarded(plan: _Plan, test: models.SmokeTest, target: Target
 
 
 def run_smoke_tests_sync(spec: models.ModelDeploymentSpec, targets: Sequence[Target],
-                         client: ClientSettings) -> Verdict:
-    """run_smoke_tests for synchronous callers (kopf runs sync handlers in worker threads)."""
-    return asyncio.run(run_smoke_tests(spec, targets, client))
+                         client: ClientSettings, *, deadline: float | None = None) -> Verdict:
+    """run_smoke_tests for synchronous callers (tests, the CLI)."""
+    return asyncio.run(run_smoke_tests(spec, targets, client, deadline=deadline))

@@ -5,6 +5,12 @@ handlers in its thread pool instead of blocking the event loop. The ModelDeploym
 and every change of its Deployment, Service and pods (watched by Slipway's labels), lead to the
 same reconcile, so verdicts follow what happened within a second or two instead of on a polling
 delay. All kopf settings live in the one startup handler below.
+
+Only event handlers: the ModelDeployment's watch events (the initial listing included, so a
+restart resumes every object) reconcile it, with no kopf bookkeeping on the object at all. No
+finalizer, no progress or last-handled annotations: the operator never writes to the object but
+its status, whose fields the CRD declares, and it needs no patch permission on the object. A
+reconcile is idempotent and its status tells where it stands, which is all the restart needs.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import math
 import os
 import threading
+import time
 from typing import Any, cast
 
 import kopf
@@ -27,6 +34,7 @@ MANAGED = {render.LABEL_MANAGED_BY: render.MANAGER}
 KOPF_PREFIX = "kopf.slipway.dev"
 COALESCER = controller.Coalescer()
 log = logging.getLogger("slipway")
+RETRY_SECONDS = 5.0
 
 
 def _env_float(name: str, default: float) -> float:
@@ -52,9 +60,9 @@ CONFLICT_RECHECK = _env_float("SLIPWAY_CONFLICT_RECHECK_SECONDS",
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Progress and the last-handled spec go in annotations under a prefix of kopf's own; status
-    # stays ours alone (and fully declared in the CRD). Not "slipway.dev": kopf ignores every
-    # annotation under its storage prefix, and users set slipway.dev/retry.
+    # kopf keeps no state on the objects (event handlers only), but its storage settings are
+    # still set so that nothing lands under "slipway.dev": kopf ignores every annotation under
+    # its storage prefix, and users set slipway.dev/retry.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_PREFIX, key="last-handled-configuration")
@@ -70,24 +78,76 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True
 
 
-def _schedule(namespace: str, name: str, delay: float) -> None:
-    """Look again after ``delay`` seconds (a bound that no watch event will announce).
+@kopf.on.cleanup()
+def stop_verifier(**_: Any) -> None:
+    controller.VERIFIER.stop()
 
-    The timer runs in a copy of this handler's context: kopf keeps its settings (needed to post
-    Events) in context variables, which a bare thread would not see.
+
+class Timers:
+    """At most one pending "look again" per object: the earliest asked for wins.
+
+    Each timer runs in a copy of the context it was asked from: kopf keeps its settings (needed
+    to post Events) in context variables, which a bare thread would not see.
     """
-    context = contextvars.copy_context()
-    timer = threading.Timer(delay, context.run, args=(_reconcile_quietly, namespace, name))
-    timer.daemon = True
-    timer.start()
+
+    def __init__(self, run: Any) -> None:
+        self._run = run
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], tuple[float, threading.Timer]] = {}
+
+    def schedule(self, namespace: str, name: str, delay: float) -> bool:
+        """Look again after ``delay`` seconds; False when an earlier look is already due."""
+        key = (namespace, name)
+        due = time.monotonic() + delay
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is not None and pending[0] <= due:
+                return False
+            context = contextvars.copy_context()
+            timer = threading.Timer(delay, context.run, args=(self._fire, key, due))
+            timer.daemon = True
+            if pending is not None:
+                pending[1].cancel()
+            self._pending[key] = (due, timer)
+        timer.start()
+        return True
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _fire(self, key: tuple[str, str], due: float) -> None:
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is None or pending[0] != due:
+                return  # replaced by an earlier one
+            del self._pending[key]
+        self._run(*key)
+
+
+def reconcile_or_retry(namespace: str, name: str) -> None:
+    """Reconcile; on a transient failure look again in RETRY_SECONDS (event handlers are not
+    retried by kopf, and a timer has no caller to retry it)."""
+    try:
+        reconcile(namespace, name)
+    except kopf.TemporaryError as error:
+        log.warning("%s/%s: %s; retrying in %g s", namespace, name, error, RETRY_SECONDS)
+        TIMERS.schedule(namespace, name, RETRY_SECONDS)
 
 
 def _reconcile_quietly(namespace: str, name: str) -> None:
     try:
-        reconcile(namespace, name)
+        reconcile_or_retry(namespace, name)
     except Exception:  # noqa: BLE001 - a timer thread has no caller to report to
         log.exception("scheduled reconcile of %s/%s failed; the next change retries", namespace,
                       name)
+
+
+TIMERS = Timers(_reconcile_quietly)
+
+
+def _schedule(namespace: str, name: str, delay: float) -> None:
+    TIMERS.schedule(namespace, name, delay)
 
 
 def reconcile(namespace: str, name: str) -> None:
@@ -95,18 +155,20 @@ def reconcile(namespace: str, name: str) -> None:
     errors: list[BaseException] = []
 
     def once() -> None:
-        body = kube.read_model_deployment(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-
-        def post(event: controller.Event) -> None:
-            kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
-                       message=event.message)
-            log.info("%s/%s: %s %s: %s", namespace, name, event.type, event.reason,
-                     event.message)
-
         try:
-            outcome = controller.reconcile(body, post, conflict_recheck=CONFLICT_RECHECK)
+            body = controller.read_fresh(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+
+            def post(event: controller.Event) -> None:
+                kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
+                           message=event.message)
+                log.info("%s/%s: %s %s: %s", namespace, name, event.type, event.reason,
+                         event.message)
+
+            outcome = controller.reconcile(
+                body, post, conflict_recheck=CONFLICT_RECHECK,
+                on_verdict=lambda: _schedule(namespace, name, 0))
         except controller.Retry as error:
             metrics.RECONCILES.labels("retry").inc()
             errors.append(error)
@@ -121,34 +183,29 @@ def reconcile(namespace: str, name: str) -> None:
 
     COALESCER.run((namespace, name), once)
     if errors:
-        raise kopf.TemporaryError(str(errors[-1]), delay=5)
-
-
-@kopf.on.resume(models.GROUP, models.VERSION, models.PLURAL)
-@kopf.on.create(models.GROUP, models.VERSION, models.PLURAL)
-@kopf.on.update(models.GROUP, models.VERSION, models.PLURAL)
-def reconcile_model_deployment(meta: kopf.Meta, **_: Any) -> None:
-    reconcile(str(meta["namespace"]), str(meta["name"]))
+        raise kopf.TemporaryError(str(errors[-1]), delay=RETRY_SECONDS)
 
 
 @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
 def model_deployment_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
-    """Drop the phase series of a deleted ModelDeployment (no finalizer needed for that)."""
+    """Any change of a ModelDeployment (and each one listed at start): reconcile it. A deleted
+    one only drops its metrics and its verification; its children go with the garbage
+    collector."""
+    namespace, name = str(meta["namespace"]), str(meta["name"])
     if event.get("type") == "DELETED":
-        metrics.forget(str(meta["namespace"]), str(meta["name"]))
+        metrics.forget(namespace, name)
+        controller.VERIFIER.keep_only(namespace, name, None)
+        return
+    reconcile_or_retry(namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def child_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+def child_changed(body: kopf.Body, **_: Any) -> None:
     """A child or one of its pods changed: re-evaluate the owner (drift, rollout, failures)."""
     owner = (body.get("metadata", {}).get("labels") or {}).get(render.LABEL_OWNER)
     namespace = body.get("metadata", {}).get("namespace")
     if not owner or not namespace:
         return
-    try:
-        reconcile(namespace, owner)
-    except kopf.TemporaryError as error:
-        logger.warning("API error, retrying in 5 s: %s", error)
-        _schedule(namespace, owner, 5)
+    reconcile_or_retry(namespace, owner)

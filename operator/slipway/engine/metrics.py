@@ -32,6 +32,9 @@ SMOKE_DURATION = prometheus_client.Histogram(
     "Wall time of one smoke-test run (all tests against all targets), by outcome.",
     ["outcome"], registry=REGISTRY,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+VERIFICATIONS = prometheus_client.Gauge(
+    "slipway_verifications", "Verification runs held by the verifier (running, or done and "
+    "not yet recorded).", registry=REGISTRY)
 PHASE = prometheus_client.Gauge(
     "slipway_model_deployment_phase",
     "1 for the phase each ModelDeployment is in, 0 for the others.",

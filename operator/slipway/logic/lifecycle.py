@@ -126,14 +126,21 @@ class Decision:
     requeue_after: float | None = None
 
 
-def is_blocked(recorded: Recorded, observed: Observed) -> bool:
-    failure = recorded.last_failure
+def blocks(failure: dict[str, Any] | None, generation: int, retry_token: str) -> bool:
+    """A recorded failure blocks the release of its generation until the retry token changes.
+
+    Not the rendered revision: an operator upgrade that renders the same spec differently must
+    not make a failed release look new and roll it out again.
+    """
     return bool(
         failure
-        and failure.get("revision") == observed.desired
-        and failure.get("generation") == observed.generation
-        and (failure.get("retryToken") or "") == observed.retry_token
+        and failure.get("generation") == generation
+        and (failure.get("retryToken") or "") == retry_token
     )
+
+
+def is_blocked(recorded: Recorded, observed: Observed) -> bool:
+    return blocks(recorded.last_failure, observed.generation, observed.retry_token)
 
 
 def verified(recorded: Recorded, revision: str, generation: int) -> bool:
@@ -195,8 +202,8 @@ def _pursue_desired(recorded: Recorded, observed: Observed) -> Decision:
         return _fail(recorded, observed, SMOKE_TEST_FAILED, smoke.message)
     tries = could_not_test_count(recorded, desired, observed.generation) + 1
     if tries >= COULD_NOT_TEST_LIMIT:
-        return _fail(recorded, observed, SMOKE_TESTS_NOT_RUN,
-                     f"could not run the smoke tests {tries} times: {smoke.message}")
+        return _not_run(recorded, observed,
+                        f"could not run the smoke tests {tries} times: {smoke.message}")
     decision = _verifying(recorded, observed, desired,
                           message=f"could not test yet ({tries} of {COULD_NOT_TEST_LIMIT}): "
                                   f"{smoke.message}")
@@ -299,6 +306,27 @@ def _fail(recorded: Recorded, observed: Observed, reason: str, message: str) -> 
     )
 
 
+NOT_REVERTED = ("; not reverted: Slipway could not reach the pods, which says nothing about "
+                "the release (check the NetworkPolicy, the port, the API server's proxy)")
+
+
+def _not_run(recorded: Recorded, observed: Observed, message: str) -> Decision:
+    """Could not test, however often tried: stop and say so, but revert nothing. The operator's
+    own reach (a NetworkPolicy, a partition) is no verdict on the model."""
+    failure = {
+        "revision": observed.desired,
+        "generation": observed.generation,
+        "reason": SMOKE_TESTS_NOT_RUN,
+        "message": message,
+        "retryToken": observed.retry_token,
+    }
+    why = f"revision {observed.desired} ({observed.desired_label}) is not verified: " \
+          f"{message}{NOT_REVERTED}"
+    return dataclasses.replace(_stopped(recorded, observed, SMOKE_TESTS_NOT_RUN, why),
+                               failure=failure,
+                               events=(Event("Warning", SMOKE_TESTS_NOT_RUN, why),))
+
+
 # --------------------------------------------------------------------------------------------
 # The desired revision failed for this generation: serve the rollback target, or stay Failed.
 
@@ -313,6 +341,10 @@ def _after_failure(recorded: Recorded, observed: Observed,
     if failure.get("rollbackFailed"):
         message = str(failure.get("rollbackMessage") or "")
         return _stopped(recorded, observed, ROLLBACK_FAILED, message + hint)
+    if reason == SMOKE_TESTS_NOT_RUN:
+        what = f"revision {desired} ({observed.desired_label}) is not verified: " \
+               f"{failure.get('message', '')}{NOT_REVERTED}"
+        return _stopped(recorded, observed, reason, what + hint)
     if not (observed.automatic and target and target != desired):
         why = what + ("; automatic rollback is disabled" if not observed.automatic
                       else "; there is no verified revision to roll back to")
