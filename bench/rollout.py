@@ -211,11 +211,7 @@ def main() -> None:
         cluster.install_crd(state)
         subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True,
                        capture_output=True)
-        log = open(state_dir / "operator.log", "ab")  # noqa: SIM115 - the child keeps it
-        operator = subprocess.Popen([sys.executable, "-m", "slipway.cli", "run", "--liveness",
-                                     ""], env={"KUBECONFIG": state.kubeconfig,
-                                               "PATH": "/usr/bin:/bin"},
-                                    stdout=log, stderr=subprocess.STDOUT)
+        operator = cluster.run_operator(state, state_dir / "operator.log")
         api = kubernetes.config.new_client_from_config(config_file=state.kubeconfig)
         recorder = Recorder(api)
         recorder.start()

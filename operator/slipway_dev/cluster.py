@@ -35,7 +35,7 @@ from slipway_dev import binaries
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = pathlib.Path(".slipway") / "dev-cluster"
 STATE_FILE = "cluster.json"
-SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_CIDR = "10.0.0.0/24"  # loopback mode: allocated, never routed, nothing listens there
 OPERATOR_USER = "system:serviceaccount:slipway-system:slipway-operator"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
 
@@ -155,6 +155,7 @@ class ClusterState:
     components: list[Component]
     network: str = "auto"
     nodes: list[str] = dataclasses.field(default_factory=list)
+    service_cidr: str = SERVICE_CIDR
     binaries: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def save(self) -> None:
@@ -310,6 +311,13 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
     wait_for("etcd /health", lambda: probe(f"{etcd_url}/health"), progress, timeout=60,
              process=etcd, log=logs / "etcd.log")
 
+    # The pod network first: in netns mode the cluster IPs are a /24 of the same range, served by
+    # the node agent's service proxy on its bridge, so they answer and never leave the machine.
+    bridge = cidr = ""
+    if state.network != "loopback" and (state.network == "netns" or _netns_possible()):
+        bridge, cidr = pick_pod_network()
+        state.service_cidr = service_cidr_of(cidr)
+
     progress.next("kube-apiserver (RBAC, default admission plugins incl. PodSecurity)")
     api_port = free_port()
     # Every request of the operator's ServiceAccount (manifests/) is audited, so that a test can
@@ -329,7 +337,7 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
         f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
         "--authorization-mode=Node,RBAC",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-cluster-ip-range={state.service_cidr}",
         "--allow-privileged=true",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}",
@@ -365,7 +373,7 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
         f"--cluster-signing-cert-file={pki / 'ca.crt'}",
         f"--cluster-signing-key-file={pki / 'ca.key'}",
         "--controllers=*", "--use-service-account-credentials=true",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-cluster-ip-range={state.service_cidr}",
         "--node-monitor-grace-period=60s",
         "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
         "--v=1",
@@ -400,9 +408,9 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
         "--state-dir", str(state_dir / "nodes"), "--network", state.network,
         "--delete-nodes-on-exit",
     ]
-    if state.network != "loopback":
-        bridge, cidr = pick_pod_network()
-        agent_args += ["--bridge", bridge, "--pod-cidr", cidr]
+    if bridge:
+        agent_args += ["--bridge", bridge, "--pod-cidr", cidr,
+                       "--service-cidr", state.service_cidr]
     if crashloop_backoff_base is not None:
         agent_args += ["--crashloop-backoff-base", str(crashloop_backoff_base)]
     env = dict(os.environ)
@@ -422,6 +430,27 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
              .returncode == 0, progress, timeout=90, process=kcm,
              log=logs / "kube-controller-manager.log")
     state.save()
+
+
+def run_operator(state: ClusterState, log: pathlib.Path,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``slipway run`` against this cluster with its admin credentials, logging to ``log``
+    (the benchmarks' operator; the tests run it as its own ServiceAccount)."""
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "slipway.cli", "run", "--liveness", ""],
+            env={"KUBECONFIG": state.kubeconfig, "PATH": "/usr/bin:/bin", **(env or {})},
+            stdout=out, stderr=subprocess.STDOUT)
+
+
+def _netns_possible() -> bool:
+    return os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+def service_cidr_of(pod_cidr: str) -> str:
+    """The cluster IPs of a pod network: its last /24 (nodes take /24s from the start)."""
+    network = ipaddress.ip_network(pod_cidr)
+    return str(list(network.subnets(new_prefix=24))[-1])
 
 
 def pick_pod_network() -> tuple[str, str]:

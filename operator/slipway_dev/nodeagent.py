@@ -35,6 +35,7 @@ import slipway_dev.kubeapi as kubeapi
 import slipway_dev.podlogic as podlogic
 import slipway_dev.podnet as podnet
 import slipway_dev.probes as probes
+import slipway_dev.serviceproxy as serviceproxy
 
 log = logging.getLogger("slipway.nodeagent")
 
@@ -891,6 +892,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state-dir", required=True, help="per-container logs go here")
     p.add_argument("--network", choices=["auto", "netns", "loopback"], default="auto")
     p.add_argument("--bridge", default="slw0", help="host bridge name in netns mode")
+    p.add_argument("--service-cidr", default=None,
+                   help="serve the cluster IPs of this range (netns mode): a userspace "
+                        "kube-proxy on the bridge")
     p.add_argument("--pod-cidr", default=None,
                    help="pod range (default 10.213.0.0/16 netns, 127.213.0.0/16 loopback); "
                         "node i gets the i-th /24")
@@ -930,6 +934,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     names = [n.strip() for n in args.nodes.split(",") if n.strip()]
     agent = Agent(api, table, network, names, state_dir, settings)
+    proxy = None
+    if args.service_cidr and isinstance(network, podnet.NetnsNetwork):
+        proxy = serviceproxy.ServiceProxy(api, network.bridge, args.service_cidr,
+                                          str(network.network))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -940,9 +948,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         agent.start()
+        if proxy is not None:
+            proxy.start()
         log.info("node agent ready: nodes %s", ", ".join(names))
         stop.wait()
     finally:
+        if proxy is not None:
+            proxy.stop()
         agent.stop()
         log.info("stopped")
     return 0

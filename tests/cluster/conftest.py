@@ -97,19 +97,26 @@ class Operator:
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port = dev_cluster.free_port()
 
-    def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=self.kubeconfig, SLIPWAY_WATCH_SERVER_TIMEOUT="60",
-                   SLIPWAY_CONFLICT_RECHECK_SECONDS="2")
+    def start(self, *, env: dict[str, str] | None = None, wrapper: list[str] | None = None,
+              module: str = "slipway.cli") -> None:
+        """Start ``slipway run``; ``env`` adds variables (SLIPWAY_SMOKE_ROUTE, say), ``wrapper``
+        is put before the command (a private mount namespace), ``module`` replaces the entry
+        point (a test's own, which changes the operator before running it)."""
+        merged = dict(os.environ, KUBECONFIG=self.kubeconfig, SLIPWAY_WATCH_SERVER_TIMEOUT="60",
+                      SLIPWAY_CONFLICT_RECHECK_SECONDS="2", **(env or {}))
         with open(self.log, "ab") as out:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "slipway.cli", "run", "--liveness", "",
+                [*(wrapper or []), sys.executable, "-m", module, "run", "--liveness", "",
                  "--metrics-port", str(self.metrics_port)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                stdout=out, stderr=subprocess.STDOUT, env=merged, start_new_session=True)
 
     def metrics(self) -> str:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as page:
-            return str(page.read().decode())
+        try:
+            with opener.open(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as page:
+                return str(page.read().decode())
+        except OSError as error:  # just started: wait_until tries again on AssertionError
+            raise AssertionError(f"no metrics on :{self.metrics_port} yet: {error}") from None
 
     def metric(self, metric_name: str, /, **labels: str) -> float:
         """The value of one sample (0 when the series does not exist yet)."""

@@ -94,3 +94,10 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
 
 def load_yaml(path: pathlib.Path) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text()))
+
+
+def audited(state_dir: str, username: str) -> list[dict[str, Any]]:
+    """The API server's audit events of one user (the local cluster audits the operator's)."""
+    path = pathlib.Path(state_dir) / "logs" / "audit.log"
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if e["user"]["username"] == username]

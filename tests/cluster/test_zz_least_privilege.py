@@ -7,23 +7,16 @@ and a request the ClusterRole denied fails too.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import pytest
 
 from slipway_dev import cluster as dev_cluster
 from tests.cluster.conftest import Operator
-from tests.cluster.kube import Kubectl
+from tests.cluster.kube import Kubectl, audited
 
 # The suite exercises the operator through these files; alone, this test proves nothing.
-NEEDS = ("test_first_loop.py", "test_guarded_rollout.py")
-
-
-def audited(cluster: dev_cluster.ClusterState) -> list[dict]:
-    path = pathlib.Path(cluster.state_dir) / "logs" / "audit.log"
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in events if e["user"]["username"] == dev_cluster.OPERATOR_USER]
+NEEDS = ("test_first_loop.py", "test_guarded_rollout.py", "test_hostile_specs.py")
 
 
 def allowed(event: dict) -> bool:
@@ -54,7 +47,7 @@ def test_every_clusterrole_rule_was_used_and_nothing_was_denied(
     ran = {pathlib.Path(str(item.fspath)).name for item in request.session.items}
     if not set(NEEDS) <= ran:
         pytest.skip(f"needs the scenarios of {', '.join(NEEDS)} in the same run")
-    events = audited(cluster)
+    events = audited(cluster.state_dir, dev_cluster.OPERATOR_USER)
     assert events, "no request of the operator's ServiceAccount was audited"
     denied = sorted({(e.get("objectRef", {}).get("resource"), e["verb"]) for e in events
                      if (e.get("annotations") or {}).get("authorization.k8s.io/decision")

@@ -150,12 +150,32 @@ def test_cluster_wide_install_renders_the_expected_objects(
         ("Namespace", SYSTEM_NS),
         ("NetworkPolicy", "slipway-operator"),
         ("ServiceAccount", "slipway-operator"),
+        ("ValidatingAdmissionPolicy", "slipway-modeldeployment-creates-pods"),
+        ("ValidatingAdmissionPolicyBinding", "slipway-modeldeployment-creates-pods"),
     ]
     for obj in cluster_wide:
         if obj["kind"] in ("ServiceAccount", "Deployment", "NetworkPolicy"):
             assert obj["metadata"]["namespace"] == SYSTEM_NS, obj["kind"]
+        if obj["kind"].startswith("ValidatingAdmissionPolicy"):
+            assert "namespace" not in obj["metadata"], obj["kind"]  # cluster-scoped
     ns = only(cluster_wide, "Namespace")
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_the_admission_policy_asks_whether_the_requester_may_create_pods(
+        cluster_wide: list[dict[str, Any]], namespaced: list[dict[str, Any]]) -> None:
+    for objs in (cluster_wide, namespaced):
+        policy = only(objs, "ValidatingAdmissionPolicy")["spec"]
+        binding = only(objs, "ValidatingAdmissionPolicyBinding")["spec"]
+        assert policy["failurePolicy"] == "Fail"
+        assert policy["matchConstraints"]["resourceRules"] == [{
+            "apiGroups": ["slipway.dev"], "apiVersions": ["*"],
+            "operations": ["CREATE", "UPDATE"], "resources": ["modeldeployments"]}]
+        (validation,) = policy["validations"]
+        assert "resource('pods')" in validation["expression"]
+        assert "check('create').allowed()" in validation["expression"]
+        assert binding == {"policyName": "slipway-modeldeployment-creates-pods",
+                           "validationActions": ["Deny"]}
 
 
 def test_the_crd_is_included_as_generated(cluster_wide: list[dict[str, Any]]) -> None:

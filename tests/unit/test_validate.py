@@ -228,3 +228,23 @@ def test_null_means_default(tmp_path: pathlib.Path, capsys: pytest.CaptureFixtur
     doc["spec"]["replicas"] = None
     code, _, err = run_validate(tmp_path, doc, capsys)
     assert code == 0, err
+
+
+def test_a_catastrophic_pattern_is_answered_at_once(tmp_path: pathlib.Path) -> None:
+    """^(a|aa)+$ against 38 a's and a '!' took 8.5 s of CPU with Python's re, doubling with
+    each further character; 60 would take days. RE2 answers in microseconds (the figure is in
+    bench/hostile.py); a hang shows here as the subprocess timeout."""
+    import subprocess
+    import sys
+
+    doc = base()
+    doc["spec"]["schema"]["input"] = {"type": "object", "required": ["instances"], "properties": {
+        "instances": {"type": "string", "pattern": "^(a|aa)+$"}}}
+    doc["spec"]["smokeTests"][0]["body"] = {"instances": "a" * 60 + "!"}
+    path = tmp_path / "regex.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = subprocess.run([sys.executable, "-m", "slipway.cli", "validate", "-f", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "spec.smokeTests[0].body.instances: does not satisfy spec.schema.input" in \
+        result.stderr and "does not match '^(a|aa)+$'" in result.stderr, result.stderr

@@ -94,7 +94,7 @@ def _re2_options() -> re2.Options:
 _OPTIONS = _re2_options()
 
 
-@functools.lru_cache(maxsize=2048)
+@functools.lru_cache(maxsize=512)
 def regex(pattern: str) -> Any:
     """``pattern`` compiled by RE2 (raises re2.error for one RE2 cannot run)."""
     return re2.compile(pattern, _OPTIONS)
@@ -516,3 +516,10 @@ def compiled(schema: Any) -> Compiled:
         raise found
     return found
 
+
+
+def clear_caches() -> None:
+    """Forget compiled schemas and patterns (for a measurement of the cold path)."""
+    with _cache_lock:
+        _cache.clear()
+    regex.cache_clear()

@@ -585,6 +585,9 @@ class Reconciler:
                                float(verify_spec.rollout.verification_deadline_seconds))
             verdict = self.verifications.result(job)
             if verdict is None:
+                # Drift is put back while the tests run, too (a Service switched to
+                # ExternalName, say); the run itself goes by the objects as they were read.
+                self._act(decision, spec, rendered, target, observed)
                 self._start_verification(job, verify_spec, pods)
                 # The verdict brings a reconcile of its own; this one is only a safety net.
                 return Outcome(status, posted,

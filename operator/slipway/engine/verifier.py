@@ -69,6 +69,7 @@ class Verifier:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._global: asyncio.Semaphore | None = None
         self._namespaces: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
@@ -85,20 +86,35 @@ class Verifier:
                 ready.set()
                 loop.run_forever()
 
-            threading.Thread(target=serve, name="slipway-verifier", daemon=True).start()
+            self._thread = threading.Thread(target=serve, name="slipway-verifier", daemon=True)
+            self._thread.start()
             ready.wait()
             self._loop = loop
         return self._loop
 
     def stop(self) -> None:
+        """Cancel every run and end the loop (its thread is joined, the loop closed)."""
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
             loop, self._loop = self._loop, None
+            thread, self._thread = self._thread, None
         for entry in entries:
             entry.future.cancel()
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+        if loop is None or thread is None:
+            return
+
+        async def drain() -> None:
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            asyncio.get_running_loop().stop()
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(drain()))
+        thread.join(timeout=10)
+        if not thread.is_alive():
+            loop.close()
 
     # -- jobs (called from reconcile threads)
 

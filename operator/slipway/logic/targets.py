@@ -8,9 +8,9 @@ trusted for what it claims:
   of this ModelDeployment's Deployment, and not on the host's network (whose address is the
   node's, where other services listen);
 - the Service is a target only if it is the one Slipway owns and rendered: controlled by this
-  ModelDeployment, of type ClusterIP with an address, the rendered selector and port; and every
-  address its EndpointSlices route to is one of this ModelDeployment's pods (a Service's
-  EndpointSlices can be made by hand, and can point anywhere but loopback). A direct request
+  ModelDeployment, of type ClusterIP with an address, the rendered selector and port; it has
+  endpoints, and every address its EndpointSlices route to is one of this ModelDeployment's
+  pods (EndpointSlices can be made by hand, and can point anywhere but loopback). A direct request
   goes to its cluster IP, never to a DNS name (``NAME.NAMESPACE.svc`` is relative: the resolver's
   search path could end it in another namespace).
 
@@ -104,8 +104,11 @@ def service_target(meta: render.Meta, rendered: dict[str, Any], live: dict[str, 
                for port in spec.get("ports") or []):
         return ServiceTarget(None, f"{name} has no port {rendered_port['port']} to the "
                              f"'{rendered_port['targetPort']}' port of its pods")
+    addresses = _endpoint_addresses(slices)
+    if not addresses:
+        return ServiceTarget(None, f"{name} has no endpoints yet")
     ours = pod_ips(pods, meta)
-    strangers = [address for address in _endpoint_addresses(slices) if address not in ours]
+    strangers = [address for address in addresses if address not in ours]
     if strangers:
         shown = ", ".join(strangers[:3]) + (f" and {len(strangers) - 3} more"
                                             if len(strangers) > 3 else "")

@@ -1,0 +1,186 @@
+"""The verifier runs smoke tests off the reconcile threads: one job per object, cancellable,
+fair between namespaces, bounded in time; and the handlers keep one timer per object."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from slipway.clients import smoke
+from slipway.engine import verifier
+
+
+def job(name: str = "iris", namespace: str = "ml", revision: str = "r1", attempt: int = 0,
+        deadline: float = 10.0) -> verifier.Job:
+    return verifier.Job(namespace, name, revision, 3, attempt, deadline)
+
+
+def verdict(outcome: smoke.Outcome = "Passed", message: str = "ok") -> smoke.Verdict:
+    return smoke.Verdict(outcome, message, [], "t0", "t1")
+
+
+@pytest.fixture
+def verifications() -> Iterator[verifier.Verifier]:
+    made = verifier.Verifier(max_in_flight=8, per_namespace=1)
+    yield made
+    made.stop()
+
+
+def cancellable(started: threading.Event, cancelled: threading.Event) -> verifier.Run:
+    """A run that says when it starts and when it is cancelled, and otherwise takes 30 s."""
+    async def run(limiters: Sequence[asyncio.Semaphore]) -> smoke.Verdict:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return verdict("Failed")
+    return run
+
+
+def wait_for(event: threading.Event) -> None:
+    assert event.wait(5), "timed out"
+
+
+def test_a_job_runs_once_and_its_verdict_waits_until_recorded(
+        verifications: verifier.Verifier) -> None:
+    runs: list[int] = []
+    done = threading.Event()
+
+    async def run(limiters: Sequence[asyncio.Semaphore]) -> smoke.Verdict:
+        runs.append(len(limiters))
+        return verdict()
+
+    assert verifications.submit(job(), run, done.set)
+    wait_for(done)
+    assert not verifications.submit(job(), run, done.set)  # the same job: not run again
+    assert verifications.result(job()) == verdict() and not verifications.running(job())
+    assert verifications.result(job(attempt=1)) is None  # a retry is a job of its own
+    verifications.forget(job())
+    assert verifications.result(job()) is None
+    assert runs == [2]  # the global and the namespace limiter
+
+
+def test_a_new_job_of_the_same_object_cancels_the_obsolete_one(
+        verifications: verifier.Verifier) -> None:
+    started, cancelled, done = threading.Event(), threading.Event(), threading.Event()
+    slow = cancellable(started, cancelled)
+
+    async def quick(limiters: Sequence[asyncio.Semaphore]) -> smoke.Verdict:
+        return verdict()
+
+    verifications.submit(job(revision="r1"), slow, lambda: None)
+    wait_for(started)
+    verifications.submit(job(revision="r2"), quick, done.set)
+    wait_for(cancelled)
+    wait_for(done)
+    assert verifications.result(job(revision="r1")) is None
+    assert verifications.result(job(revision="r2")) == verdict()
+
+
+def test_keep_only_cancels_what_became_obsolete(verifications: verifier.Verifier) -> None:
+    started, cancelled = threading.Event(), threading.Event()
+    slow = cancellable(started, cancelled)
+
+    verifications.submit(job(), slow, lambda: None)
+    wait_for(started)
+    verifications.keep_only("ml", "iris", job())  # still wanted: kept
+    assert verifications.running(job())
+    verifications.keep_only("ml", "iris", None)
+    wait_for(cancelled)
+    assert not verifications.running(job())
+
+
+def test_one_namespace_holds_its_share_and_others_go_on(verifications: verifier.Verifier
+                                                        ) -> None:
+    """per_namespace=1: two stalled objects of one tenant do not hold up a third elsewhere."""
+    release = threading.Event()
+    holding = threading.Event()
+    order: list[str] = []
+    finished = {name: threading.Event() for name in ("a", "b", "c")}
+
+    def runner(name: str):  # type: ignore[no-untyped-def]
+        async def run(limiters: Sequence[asyncio.Semaphore]) -> smoke.Verdict:
+            async with smoke._limited(limiters):
+                order.append(name)
+                if name == "a":
+                    holding.set()
+                    while not release.is_set():
+                        await asyncio.sleep(0.01)
+            return verdict()
+        return run
+
+    verifications.submit(job("a", "tenant-1"), runner("a"), finished["a"].set)
+    wait_for(holding)
+    verifications.submit(job("b", "tenant-1"), runner("b"), finished["b"].set)
+    verifications.submit(job("c", "tenant-2"), runner("c"), finished["c"].set)
+    wait_for(finished["c"])  # the other tenant is not held up
+    assert order == ["a", "c"] and not finished["b"].is_set()  # b waits for a's share
+    release.set()
+    wait_for(finished["b"])
+    assert order == ["a", "c", "b"]
+
+
+def test_a_run_that_never_ends_is_given_up_after_its_deadline(
+        verifications: verifier.Verifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verifier, "MARGIN_SECONDS", 0.1)
+    done = threading.Event()
+
+    async def forever(limiters: Sequence[asyncio.Semaphore]) -> smoke.Verdict:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    started = time.monotonic()
+    verifications.submit(job(deadline=0.2), forever, done.set)
+    wait_for(done)
+    assert time.monotonic() - started < 3
+    result = verifications.result(job(deadline=0.2))
+    assert result is not None and result.outcome == "Error"
+    assert result.message == "the smoke tests did not end within 0.3 s"
+
+
+def test_an_exception_in_a_run_is_an_error_verdict(verifications: verifier.Verifier) -> None:
+    done = threading.Event()
+
+    async def broken(limiters: Sequence[asyncio.Semaphore]) -> smoke.Verdict:
+        raise RuntimeError("boom")
+
+    verifications.submit(job(), broken, done.set)
+    wait_for(done)
+    result = verifications.result(job())
+    assert result is not None and result.outcome == "Error"
+    assert result.message == "internal error while testing: RuntimeError: boom"
+
+
+# --------------------------------------------------------------------------------------------
+# One timer per object, the earliest wins
+
+
+def test_the_earliest_timer_of_an_object_wins_and_fires_once() -> None:
+    from slipway.engine import handlers
+
+    fired: list[tuple[str, str, float]] = []
+    done = threading.Event()
+
+    def run(namespace: str, name: str) -> None:
+        fired.append((namespace, name, time.monotonic()))
+        done.set()
+
+    timers = handlers.Timers(run)
+    started = time.monotonic()
+    assert timers.schedule("ml", "iris", 5.0)
+    assert timers.schedule("ml", "iris", 0.2)  # earlier: replaces the first
+    assert not timers.schedule("ml", "iris", 3.0)  # later than the pending one: ignored
+    assert timers.pending() == 1
+    wait_for(done)
+    time.sleep(0.3)
+    assert [(ns, name) for ns, name, _ in fired] == [("ml", "iris")]
+    assert fired[0][2] - started < 1.0
+    assert timers.pending() == 0
+    assert timers.schedule("ml", "iris", 60.0)  # once fired, a new one may be set
+    assert timers.schedule("ml", "other", 60.0) and timers.pending() == 2
