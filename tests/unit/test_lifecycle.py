@@ -260,3 +260,13 @@ def test_image_pull_back_off_fails_after_a_grace_period() -> None:
 def test_case_ids_are_unique() -> None:
     ids = [c[0] for c in CASES]
     assert len(ids) == len(set(ids))
+
+
+def test_the_ready_condition_reads_the_same_before_and_after_the_verdict_is_recorded() -> None:
+    """The reconcile after the verdict must find nothing to write (no needless status patch)."""
+    verdict = lifecycle.decide(Recorded(phase="Verifying", desired_revision="d2"),
+                               observed(smoke=smoke("d2", "Passed", "4 smoke tests passed")))
+    later = lifecycle.decide(
+        Recorded(phase="Ready", desired_revision="d2",
+                 last_smoke={**passed("d2"), "message": "4 smoke tests passed"}), observed())
+    assert later.conditions == verdict.conditions and later.events == ()

@@ -239,10 +239,13 @@ def read_model_deployment(namespace: str, name: str) -> dict[str, Any] | None:
         models.GROUP, models.VERSION, namespace, models.PLURAL, name))
 
 
-def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch ``status`` (lists such as conditions are replaced whole)."""
-    custom().patch_namespaced_custom_object_status(
+def patch_status(namespace: str, name: str, status: dict[str, Any]) -> str | None:
+    """Merge-patch ``status`` (lists such as conditions are replaced whole); the object's
+    resourceVersion after the write."""
+    answer = custom().patch_namespaced_custom_object_status(
         models.GROUP, models.VERSION, namespace, models.PLURAL, name, {"status": status})
+    version = ((_sanitize(answer) or {}).get("metadata") or {}).get("resourceVersion")
+    return str(version) if version else None
 
 
 # --------------------------------------------------------------------------------------------

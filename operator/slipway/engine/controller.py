@@ -56,7 +56,7 @@ class Retry(Exception):
 
 
 EventSink = Callable[[Event], None]
-StatusWriter = Callable[[str, str, dict[str, Any]], None]
+StatusWriter = Callable[[str, str, dict[str, Any]], object]
 
 
 # --------------------------------------------------------------------------------------------

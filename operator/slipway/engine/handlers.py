@@ -15,6 +15,7 @@ reconcile is idempotent and its status tells where it stands, which is all the r
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import logging
 import math
@@ -27,7 +28,7 @@ import kopf
 
 from slipway.api import models
 from slipway.clients import kube
-from slipway.engine import controller, metrics
+from slipway.engine import controller, metrics, verifier
 from slipway.logic import render
 
 MANAGED = {render.LABEL_MANAGED_BY: render.MANAGER}
@@ -35,6 +36,9 @@ KOPF_PREFIX = "kopf.slipway.dev"
 COALESCER = controller.Coalescer()
 log = logging.getLogger("slipway")
 RETRY_SECONDS = 5.0
+# A watch event is acted on this long after it arrives: the burst a rollout makes (the
+# Deployment, its pods, the Service, each several times) folds into one reconcile per object.
+SETTLE_SECONDS = 0.25
 
 
 def _env_float(name: str, default: float) -> float:
@@ -56,6 +60,9 @@ WATCH_TIMEOUT = int(_env_float("SLIPWAY_WATCH_SERVER_TIMEOUT", 300))
 MAX_WORKERS = int(_env_float("SLIPWAY_MAX_WORKERS", 8))
 CONFLICT_RECHECK = _env_float("SLIPWAY_CONFLICT_RECHECK_SECONDS",
                               controller.CONFLICT_RECHECK_SECONDS)
+controller.VERIFIER.limit(
+    max_in_flight=int(_env_float("SLIPWAY_SMOKE_MAX_IN_FLIGHT", verifier.MAX_IN_FLIGHT)),
+    per_namespace=int(_env_float("SLIPWAY_SMOKE_PER_NAMESPACE", verifier.PER_NAMESPACE)))
 
 
 @kopf.on.startup()
@@ -150,6 +157,36 @@ def _schedule(namespace: str, name: str, delay: float) -> None:
     TIMERS.schedule(namespace, name, delay)
 
 
+class OwnWrites:
+    """The resourceVersions our own recent status writes gave each object: the watch event
+    that echoes one brings nothing new, so it reconciles nothing. (A few are kept: two writes
+    of one reconcile come back after both were made.)"""
+
+    KEPT = 8
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._versions: dict[tuple[str, str], collections.deque[str]] = {}
+
+    def write(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        version = kube.patch_status(namespace, name, patch)
+        if version:
+            with self._lock:
+                self._versions.setdefault((namespace, name),
+                                          collections.deque(maxlen=self.KEPT)).append(version)
+
+    def is_echo(self, namespace: str, name: str, version: str | None) -> bool:
+        with self._lock:
+            return version is not None and version in self._versions.get((namespace, name), ())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._versions.pop((namespace, name), None)
+
+
+OWN_WRITES = OwnWrites()
+
+
 def reconcile(namespace: str, name: str) -> None:
     """Reconcile the freshest copy of one ModelDeployment, once at a time per object."""
     errors: list[BaseException] = []
@@ -167,7 +204,7 @@ def reconcile(namespace: str, name: str) -> None:
                          event.message)
 
             outcome = controller.reconcile(
-                body, post, conflict_recheck=CONFLICT_RECHECK,
+                body, post, OWN_WRITES.write, conflict_recheck=CONFLICT_RECHECK,
                 on_verdict=lambda: _schedule(namespace, name, 0))
         except controller.Retry as error:
             metrics.RECONCILES.labels("retry").inc()
@@ -195,8 +232,12 @@ def model_deployment_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> N
     if event.get("type") == "DELETED":
         metrics.forget(namespace, name)
         controller.VERIFIER.keep_only(namespace, name, None)
+        OWN_WRITES.forget(namespace, name)
         return
-    reconcile_or_retry(namespace, name)
+    if event.get("type") == "MODIFIED" and OWN_WRITES.is_echo(
+            namespace, name, meta.get("resourceVersion")):
+        return  # our own status write coming back
+    _schedule(namespace, name, SETTLE_SECONDS)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
@@ -208,4 +249,4 @@ def child_changed(body: kopf.Body, **_: Any) -> None:
     namespace = body.get("metadata", {}).get("namespace")
     if not owner or not namespace:
         return
-    reconcile_or_retry(namespace, owner)
+    _schedule(namespace, owner, SETTLE_SECONDS)

@@ -31,8 +31,10 @@ from slipway.logic import conditions
 
 log = logging.getLogger("slipway.verifier")
 
-MAX_IN_FLIGHT = 128
-PER_NAMESPACE = 16
+# Few enough that the operator's own load does not slow the answers it times (a latency budget
+# is a verdict on the model), enough that a tenant whose servers stall holds at most a share.
+MAX_IN_FLIGHT = 48
+PER_NAMESPACE = 24  # half: a tenant whose servers stall leaves the other half to the rest
 MARGIN_SECONDS = 30.0  # beyond a run's own deadline, before this module gives up on it
 
 Run = Callable[[Sequence[asyncio.Semaphore]], Awaitable[smoke.Verdict]]
@@ -72,6 +74,12 @@ class Verifier:
         self._thread: threading.Thread | None = None
         self._global: asyncio.Semaphore | None = None
         self._namespaces: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    def limit(self, *, max_in_flight: int, per_namespace: int) -> None:
+        """Set the request slots; before the first run only (the loop makes them then)."""
+        if self._loop is not None:
+            raise RuntimeError("the verifier already runs: set its limits before it starts")
+        self.max_in_flight, self.per_namespace = max_in_flight, per_namespace
 
     # -- the loop
 

@@ -192,7 +192,9 @@ def _pursue_desired(recorded: Recorded, observed: Observed) -> Decision:
     if state.state == "Progressing":
         return _progressing(recorded, observed, "wait", state.message, announce=new_rollout)
     if verified(recorded, desired, observed.generation):
-        return _ready(recorded, observed, "revision verified earlier")
+        # The same words as when the verdict was recorded: a later reconcile changes nothing.
+        return _ready(recorded, observed, str((recorded.last_smoke or {}).get("message")
+                                              or "revision verified earlier"))
     smoke = observed.smoke
     if smoke is None or smoke.revision != desired:
         return _verifying(recorded, observed, desired)
