@@ -560,8 +560,10 @@ class Reconciler:
     def _run(self, spec: models.ModelDeploymentSpec, generation: int) -> Outcome:
         meta = self.meta
         fresh = render.render(spec, meta)
-        self._ensure_target_stored(spec, fresh, generation)
         target = load_target(meta, self.written)
+        if self._target_missing(target, fresh, generation):
+            store_target(meta, spec, fresh, self.written["rollbackTarget"])
+            target = load_target(meta, self.written)
         desired, rendered = self._decided(spec, fresh, target, generation)
         observed, state, pods, recheck = self._observe(spec, rendered, desired, target,
                                                        generation)
@@ -629,18 +631,16 @@ class Reconciler:
             requeue = recheck if requeue is None else min(requeue, recheck)
         return Outcome(status, posted, requeue_after=requeue)
 
-    def _ensure_target_stored(self, spec: models.ModelDeploymentSpec,
-                              rendered: render.Rendered, generation: int) -> None:
+    def _target_missing(self, target: Target | None, fresh: render.Rendered,
+                        generation: int) -> bool:
         """Status names a target verified for this generation whose ControllerRevision is
-        missing (the operator stopped between recording the verdict and creating it): create
-        it now, from the same spec and rendering."""
+        missing (the operator stopped between recording the verdict and creating it): it is
+        to be made now, from the same spec and rendering."""
         record = self.written.get("rollbackTarget") or {}
-        if not record.get("controllerRevision") or record.get("revision") != rendered.revision \
-                or record.get("generation") != generation:
-            return
-        if kube.read_controller_revision(self.meta.namespace,
-                                         record["controllerRevision"]) is None:
-            store_target(self.meta, spec, rendered, record)
+        return bool(record.get("controllerRevision")) \
+            and record.get("revision") == fresh.revision \
+            and record.get("generation") == generation \
+            and (target is None or target.controller_revision != record["controllerRevision"])
 
     def _start_verification(self, job: verifier.Job, spec: models.ModelDeploymentSpec,
                             pods: list[dict[str, Any]]) -> None:

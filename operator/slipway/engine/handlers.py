@@ -1,10 +1,11 @@
 """kopf handlers: thin wrappers that hand a ModelDeployment to the controller.
 
-Plain ``def`` handlers on purpose: the kubernetes client is synchronous, and kopf runs sync
-handlers in its thread pool instead of blocking the event loop. The ModelDeployment's own changes,
-and every change of its Deployment, Service and pods (watched by Slipway's labels), lead to the
-same reconcile, so verdicts follow what happened within a second or two instead of on a polling
-delay. All kopf settings live in the one startup handler below.
+The ModelDeployment's own changes, and every change of its Deployment, Service and pods (watched
+by Slipway's labels), lead to the same reconcile, so verdicts follow what happened within a
+second or two instead of on a polling delay. A handler only asks for that reconcile (a timer per
+object, SETTLE_SECONDS away, the earliest one wins), so that a burst of events folds into one;
+the reconcile runs on the timer's thread, with the synchronous kubernetes client, never on
+kopf's event loop. All kopf settings live in the one startup handler below.
 
 Only event handlers: the ModelDeployment's watch events (the initial listing included, so a
 restart resumes every object) reconcile it, with no kopf bookkeeping on the object at all. No
