@@ -24,7 +24,11 @@ def render_pod_template(spec: models.ModelDeploymentSpec, meta: render.Meta) -> 
     return template
 
 
-render.render_pod_template = render_pod_template  # type: ignore[assignment]
+def main() -> int:
+    # Only in the operator process this module starts: imported by the tests, it changes nothing.
+    render.render_pod_template = render_pod_template  # type: ignore[assignment]
+    return cli.main()
+
 
 if __name__ == "__main__":
-    sys.exit(cli.main())
+    sys.exit(main())
