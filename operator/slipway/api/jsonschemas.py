@@ -27,6 +27,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import inspect
 import json
 import reprlib
 import sys
@@ -409,6 +410,9 @@ _EMPTY_REGISTRY: referencing.Registry[Any] = referencing.Registry()
 # The CPU budget
 
 
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
 class Budget:
     """CPU seconds an evaluation may spend, shared by the evaluations that draw on it."""
 
@@ -429,12 +433,18 @@ class Budget:
         started = time.thread_time()
         limit = started + self.remaining
         calls = 0
+        exceeded = False
 
         def trace(frame: FrameType, event: str, arg: Any) -> None:
-            nonlocal calls
+            nonlocal calls, exceeded
             calls += 1
-            if calls % 32 == 0 and time.thread_time() > limit:
-                raise BudgetExceeded
+            if exceeded or (calls % 32 == 0 and time.thread_time() > limit):
+                exceeded = True
+                # Raised in plain function calls only: in a generator's frame it may be the
+                # generator being closed, where Python ignores (and prints) the exception. From
+                # then on every such call raises, and the block's end raises too.
+                if not frame.f_code.co_flags & _GENERATOR_FLAGS:
+                    raise BudgetExceeded
             return None
 
         previous = sys.gettrace()
@@ -444,6 +454,8 @@ class Budget:
         finally:
             sys.settrace(previous)
             self.remaining -= time.thread_time() - started
+        if exceeded:  # the block finished anyway: its answer came after the budget ran out
+            raise BudgetExceeded
 
 
 # --------------------------------------------------------------------------------------------
