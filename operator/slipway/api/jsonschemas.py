@@ -452,9 +452,13 @@ class Budget:
         try:
             yield
         finally:
+            ended = time.thread_time()
             sys.settrace(previous)
-            self.remaining -= time.thread_time() - started
-        if exceeded:  # the block finished anyway: its answer came after the budget ran out
+            self.remaining -= ended - started
+        if exceeded or ended > limit:
+            # The block finished anyway (Python drops a trace function whose exception was
+            # swallowed, by the code it traced or by a generator's close): its answer came
+            # after the budget ran out, and does not count.
             raise BudgetExceeded
 
 
