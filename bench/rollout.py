@@ -8,9 +8,11 @@ It starts its own local cluster and operator, applies ``--objects`` ModelDeploym
 reference model, then breaks ``--failing`` of them, and prints:
 
 1. apply → Deployment and Service created (p50, p99 over the objects);
-2. rollout complete (the Deployment's status, seen by a watch) → verdict written (Ready);
-3. failed verdict written (phase RollingBack) → revert written (the Deployment's template back on
-   the rollback target);
+2. apply → Ready (each pod verified behind its readiness gate, then the Service), and rollout
+   complete (the Deployment's status, seen by a watch) → verdict written (Ready);
+3. the broken spec applied → failed verdict written (phase RollingBack: its first pod failed its
+   smoke tests behind its gate), and → revert written (the Deployment's template back on the
+   rollback target);
 4. API writes during an unchanged re-apply of every object (a GitOps re-sync), counted from the
    API server's own ``apiserver_request_total`` (mutating verbs on Slipway's resources).
 
@@ -232,6 +234,7 @@ def main() -> None:
         verdicts = [(recorder.get("md", n, "phase:Ready") or 0) -
                     (recorder.get("deployment", n, f"complete:{GOOD_IMAGE}") or 0)
                     for n in names]
+        to_ready = [(recorder.get("md", n, "phase:Ready") or 0) - sent[n] for n in names]
 
         say("re-applying every object unchanged (a GitOps re-sync)")
         time.sleep(5)
@@ -243,13 +246,13 @@ def main() -> None:
         failing = names[:args.failing]
         say(f"breaking {len(failing)} releases (500 on every request)")
         for name in failing:
+            sent[name] = time.monotonic()
             custom.patch_namespaced_custom_object(
                 "slipway.dev", "v1alpha1", NAMESPACE, "modeldeployments", name,
                 {"spec": {"runtime": {"image": BAD_IMAGE}}})
         wait(lambda: all(recorder.get("md", n, "phase:RolledBack") for n in failing), 600,
              "every broken release rolled back")
-        failed_verdicts = [(recorder.get("md", n, "phase:RollingBack") or 0) -
-                           (recorder.get("deployment", n, f"complete:{BAD_IMAGE}") or 0)
+        failed_verdicts = [(recorder.get("md", n, "phase:RollingBack") or 0) - sent[n]
                            for n in failing]
         reverts = [(recorder.reverted_at(n) or float("nan")) -
                    (recorder.get("md", n, "phase:RollingBack") or 0) for n in failing]
@@ -258,9 +261,10 @@ def main() -> None:
         print(f"Slipway rollout benchmark: {len(names)} ModelDeployments, {len(failing)} broken,"
               f" 1 replica each, operator outside the cluster (smoke tests via the API server)")
         print(summary("apply → Deployment and Service created", created))
+        print(summary("apply → Ready (every pod verified, then the Service)", to_ready))
         print(summary("rollout complete → verdict written (Ready, smoke tests included)",
                       verdicts))
-        print(summary("rollout complete → failed verdict written (RollingBack)",
+        print(summary("broken spec applied → failed verdict written (RollingBack)",
                       failed_verdicts))
         print(summary("failed verdict written → revert written (Deployment on the target)",
                       [r for r in reverts if r == r]))

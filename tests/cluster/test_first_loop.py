@@ -59,10 +59,12 @@ def test_applying_an_example_creates_children_and_pods_become_ready(
     assert pods and all(condition(p, "Ready")["status"] == "True" for p in pods)  # type: ignore[index]
     # And `kubectl get md` shows the printer columns
     table = kubectl.run("get", "md", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "MODEL", "VERSION", "PHASE", "READY", "SERVING", "AGE"]
+    assert table[0].split() == ["NAME", "MODEL", "VERSION", "PHASE", "READY", "SERVING",
+                                "VERIFIED", "AGE"]
     row = table[1].split()
     assert row[:5] == ["iris", "iris-classifier", "1.0.0", "Ready", "True"]
     assert row[5] == md["status"]["currentRevision"]
+    assert row[6] == f"{len(pods)}/{len(pods)}"
     # And the status carries the generation it describes
     assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
     reasons = [e["reason"] for e in kubectl.events(namespace, "iris")

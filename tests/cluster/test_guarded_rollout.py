@@ -122,13 +122,19 @@ def story(kubectl: Kubectl, operator: Operator, namespace: str) -> Story:
 def test_v1_is_verified_and_becomes_the_rollback_target(story: Story) -> None:
     # Given the operator; When v1 is applied
     md = story.given_v1_is_ready()
-    # Then it was verified by its smoke tests on every pod and the Service
+    # Then each pod was verified by its own smoke tests before its readiness gate opened, and
+    # the Service once every pod was in
     status = md["status"]
     smoke = status["lastSmokeTest"]
     assert smoke["outcome"] == "Passed" and smoke["revision"] == status["desiredRevision"]
-    targets = {r["target"] for r in smoke["results"]}
-    assert {t.split("/")[0] for t in targets} == {"pod", "service"}
-    assert len([t for t in targets if t.startswith("pod/")]) == 2
+    assert {r["target"] for r in smoke["results"]} == {f"service/{NAME}"}
+    pods = story.kubectl.get("pods", namespace=story.namespace,
+                             selector=f"slipway.dev/model-deployment={NAME}")["items"]
+    assert sorted(p["pod"] for p in smoke["pods"]) == sorted(p["metadata"]["name"] for p in pods)
+    assert {p["outcome"] for p in smoke["pods"]} == {"Passed"}
+    for pod in pods:
+        assert condition(pod, "slipway.dev/verified")["status"] == "True"  # type: ignore[index]
+    assert status["verifiedPods"] == "2/2"
     # And v1 is the rollback target, kept in a ControllerRevision owned by the ModelDeployment
     target = status["rollbackTarget"]
     assert target["revision"] == status["currentRevision"] == status["desiredRevision"]
@@ -151,12 +157,13 @@ def test_v2_with_the_wrong_model_path_fails_its_smoke_test_and_v1_serves_again(
     reverts = story.operator.metric("slipway_reverts_total", reason="SmokeTestFailed")
     # When v2 (ready, but 500 on every request) is applied
     story.apply(V2_WRONG_MODEL_PATH)
-    # Then the smoke test fails, Slipway reverts by itself and verifies v1 again
+    # Then its first pod fails its smoke tests behind its readiness gate, Slipway reverts by
+    # itself and checks v1 again (v1's pods never went away)
     md = story.wait_phase("RolledBack")
     events = story.expect_events([
-        ("Normal", "Progressing"), ("Normal", "Verifying"), ("Warning", "SmokeTestFailed"),
+        ("Normal", "Progressing"), ("Warning", "SmokeTestFailed"),
         ("Warning", "RollingBack"), ("Normal", "RolledBack")])
-    assert "got 500" in events[2]["message"]
+    assert "got 500" in events[1]["message"]
     # And the Deployment is back on v1's template with Ready pods
     assert story.serving_image() == f"{IMAGE}:1.0.0"
     assert md["status"]["currentRevision"] == v1["status"]["rollbackTarget"]["revision"]
@@ -232,7 +239,7 @@ def test_a_failed_release_is_not_retried_until_asked_and_a_good_one_replaces_the
     story.apply(V2_WRONG_MODEL_PATH)
     story.wait_phase("RolledBack")
     story.expect_events([
-        ("Normal", "Progressing"), ("Normal", "Verifying"), ("Warning", "SmokeTestFailed"),
+        ("Normal", "Progressing"), ("Warning", "SmokeTestFailed"),
         ("Warning", "RollingBack"), ("Normal", "RolledBack")])
     deployment_generation = story.kubectl.get("deployment", NAME, story.namespace)[
         "metadata"]["generation"]
@@ -251,7 +258,7 @@ def test_a_failed_release_is_not_retried_until_asked_and_a_good_one_replaces_the
                what="the retried release to fail again", diagnose=story.diagnose)
     story.wait_phase("RolledBack")
     story.expect_events([
-        ("Normal", "Progressing"), ("Normal", "Verifying"), ("Warning", "SmokeTestFailed"),
+        ("Normal", "Progressing"), ("Warning", "SmokeTestFailed"),
         ("Warning", "RollingBack"), ("Normal", "RolledBack")])
     # When v4, a good release, is applied (keeping one verified revision only)
     v4 = copy.deepcopy(V4_GOOD)
@@ -280,11 +287,12 @@ def test_a_first_release_that_fails_is_marked_failed_and_left_as_it_is(story: St
     story.apply(V2_WRONG_MODEL_PATH)
     md = story.wait_phase("Failed")
     # Then it is Failed and Stalled, nothing is reverted, and the failing pods stay for a look
-    story.expect_events([("Normal", "Progressing"), ("Normal", "Verifying"),
-                         ("Warning", "SmokeTestFailed")])
+    story.expect_events([("Normal", "Progressing"), ("Warning", "SmokeTestFailed")])
     assert "no verified revision to roll back to" in condition(md, "Stalled")["message"]  # type: ignore[index]
     assert "rollbackTarget" not in md["status"]
     assert story.serving_image() == f"{IMAGE}:1.0.0-wrong-model-path"
+    # And no pod of it gets traffic: each waits behind its closed readiness gate
+    assert story.ready_pods() == []
     story.expect_events([], settle=3)
 
 
@@ -296,14 +304,24 @@ def test_the_operator_killed_while_verifying_finishes_with_one_verdict_and_one_r
     slow = release("2.0.0", "1.0.0-wrong-model-path-slow")
     slow["spec"]["rollout"]["smokeTestTimeoutSeconds"] = 10
     story.apply(slow)
-    story.wait_phase("Verifying")
+    story.wait_phase("Progressing")
+
+    def under_test() -> bool:
+        pods = story.kubectl.get("pods", namespace=story.namespace,
+                                 selector=f"slipway.dev/model-deployment={NAME}")["items"]
+        return any(p["spec"]["containers"][0]["image"].endswith("-slow")
+                   and (condition(p, "ContainersReady") or {}).get("status") == "True"
+                   for p in pods)
+    wait_until(under_test, timeout=60, what="a pod of the release under test",
+               diagnose=story.diagnose)
+    time.sleep(1.5)
     # And the operator is killed right then, and started again
     story.operator.kill()
     story.operator.start()
     # Then it finishes: one verdict, one revert, v1 verified again
     md = story.wait_phase("RolledBack", timeout=180)
     story.expect_events([
-        ("Normal", "Progressing"), ("Normal", "Verifying"), ("Warning", "SmokeTestFailed"),
+        ("Normal", "Progressing"), ("Warning", "SmokeTestFailed"),
         ("Warning", "RollingBack"), ("Normal", "RolledBack")])
     revisions = story.kubectl.get("replicasets", namespace=story.namespace)["items"]
     assert len(revisions) == 2  # v1's and the slow release's: the revert reused v1's
@@ -319,6 +337,10 @@ def test_a_rollback_target_that_fails_too_stops_instead_of_oscillating(story: St
     v1 = copy.deepcopy(V1)
     v1["spec"]["runtime"]["env"] = [{"name": "SCORE_SCRIPT", "valueFrom": {
         "configMapKeyRef": {"name": "scoring", "key": "script"}}}]
+    # All pods may go at once: a release replaces v1's pods, and a revert brings up new ones
+    # (with the default maxUnavailable 0, v1's pods would never go away and the revert would
+    # find them still serving).
+    v1["spec"]["rollout"]["maxUnavailable"] = "100%"
     story.apply(v1)
     story.wait_phase("Ready")
     story.expect_events([("Normal", "Progressing"), ("Normal", "Verifying"),
@@ -329,11 +351,12 @@ def test_a_rollback_target_that_fails_too_stops_instead_of_oscillating(story: St
     # When a broken release is applied, and the revert brings up new v1 pods
     v2 = copy.deepcopy(V2_WRONG_MODEL_PATH)
     v2["spec"]["runtime"]["env"] = v1["spec"]["runtime"]["env"]
+    v2["spec"]["rollout"]["maxUnavailable"] = "100%"
     story.apply(v2)
     # Then v1 fails its smoke tests too, and Slipway stops: Failed, no further revert
     md = story.wait_phase("Failed", timeout=180)
     story.expect_events([
-        ("Normal", "Progressing"), ("Normal", "Verifying"), ("Warning", "SmokeTestFailed"),
+        ("Normal", "Progressing"), ("Warning", "SmokeTestFailed"),
         ("Warning", "RollingBack"), ("Warning", "RollbackFailed")])
     assert condition(md, "Stalled")["reason"] == "RollbackFailed"  # type: ignore[index]
     generation = story.kubectl.get("deployment", NAME, story.namespace)["metadata"]["generation"]

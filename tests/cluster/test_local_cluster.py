@@ -187,3 +187,62 @@ def test_server_side_validation_rejects_invalid_model_deployments_naming_the_fie
     result = kubectl.apply(doc, namespace, check=False)
     assert result.returncode != 0, result.stdout
     assert field in result.stderr, result.stderr
+
+
+def test_a_readiness_gate_holds_ready_until_its_condition_is_true_and_endpoints_follow(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    # Given a gated pod of the reference model behind a Service
+    manifest = pod("gated", "registry.example.com/slipway/reference-model:1.0.0",
+                   readiness_path="/readyz")
+    manifest["metadata"]["labels"] = {"app": "gated"}
+    manifest["spec"]["readinessGates"] = [{"conditionType": "example.com/checked"}]
+    kubectl.apply(manifest, namespace)
+    kubectl.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gated"},
+                   "spec": {"selector": {"app": "gated"},
+                            "ports": [{"port": 80, "targetPort": 8080}]}}, namespace)
+
+    def conditions() -> dict[str, dict[str, Any]]:
+        obj = kubectl.get("pod", "gated", namespace) or {}
+        return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+    def ready_endpoints() -> int:
+        slices = kubectl.get("endpointslices", namespace=namespace,
+                             selector="kubernetes.io/service-name=gated")["items"]
+        return sum(1 for s in slices for e in s.get("endpoints") or []
+                   if (e.get("conditions") or {}).get("ready"))
+
+    # Then its containers become ready, but the pod does not: the gate's condition is missing
+    wait_until(lambda: conditions().get("ContainersReady", {}).get("status") == "True",
+               timeout=60, what="ContainersReady", diagnose=lambda: kubectl.describe(
+                   "pod", "gated", namespace))
+    held = conditions()["Ready"]
+    assert held["status"] == "False" and held["reason"] == "ReadinessGatesNotReady"
+    assert "example.com/checked" in held["message"] and "does not exist" in held["message"]
+    assert "0/1" in kubectl.run("get", "pod", "gated", "-n", namespace, "-o", "wide").stdout
+    assert ready_endpoints() == 0
+    # When someone else writes the gate's condition (a strategic-merge patch) and one of their
+    # own beside it
+    patch = {"status": {"conditions": [
+        {"type": "example.com/checked", "status": "True", "reason": "Checked"},
+        {"type": "example.com/other", "status": "True", "reason": "Theirs"}]}}
+    kubectl.run("patch", "pod", "gated", "-n", namespace, "--subresource=status",
+                "--type=strategic", "-p", json.dumps(patch))
+    # Then Ready follows at once (not at the next probe period), and nothing written by others
+    # is dropped
+    wait_until(lambda: conditions().get("Ready", {}).get("status") == "True", timeout=5,
+               what="Ready=True after the gate opened")
+    assert "1/1" in kubectl.run("get", "pod", "gated", "-n", namespace, "-o", "wide").stdout
+    wait_until(lambda: ready_endpoints() == 1, timeout=30, what="the endpoint ready")
+    # And closing the gate takes the pod out of the Service again
+    patch["status"]["conditions"][0]["status"] = "False"
+    kubectl.run("patch", "pod", "gated", "-n", namespace, "--subresource=status",
+                "--type=strategic", "-p", json.dumps(patch))
+    wait_until(lambda: conditions().get("Ready", {}).get("status") == "False", timeout=5,
+               what="Ready=False after the gate closed")
+    assert conditions()["Ready"]["reason"] == "ReadinessGatesNotReady"
+    wait_until(lambda: ready_endpoints() == 0, timeout=30, what="the endpoint not ready")
+    kept = conditions()
+    assert kept["example.com/other"]["reason"] == "Theirs"
+    assert kept["example.com/checked"]["status"] == "False"
+    assert kept["ContainersReady"]["status"] == "True"

@@ -134,6 +134,30 @@ CASES: list[tuple[str, Recorded, Observed, str, str, bool, bool, bool, list[str]
      Recorded(phase="Verifying", desired_revision="d2"),
      observed(target="d2", smoke=smoke("d2", "Failed")), "Failed", "none", False, True, False,
      ["SmokeTestFailed"]),
+    # Readiness gates: each pod is tested before it gets traffic.
+    ("a-pod-failing-behind-its-gate-reverts-before-the-rollout-ends",
+     Recorded(phase="Progressing", desired_revision="d2"),
+     observed(rollout=ROLLING, pod_verdict=smoke("d2", "Failed", "pod p: got 500")),
+     "RollingBack", "apply-target", False, True, False, ["SmokeTestFailed", "RollingBack"]),
+    ("a-pod-that-could-not-be-tested-stops-without-a-revert",
+     Recorded(phase="Progressing", desired_revision="d2"),
+     observed(rollout=ROLLING, pod_verdict=smoke("d2", "Error", "pod p: refused")),
+     "Failed", "none", False, True, False, ["SmokeTestsNotRun"]),
+    ("a-pod-verdict-of-another-revision-is-not-this-release's",
+     Recorded(phase="Progressing", desired_revision="d2"),
+     observed(rollout=ROLLING, pod_verdict=smoke("t1", "Failed")), "Progressing", "wait",
+     False, False, False, []),
+    ("a-scale-up-of-a-verified-revision-stays-ready",
+     Recorded(phase="Ready", desired_revision="d2", last_smoke=passed("d2")),
+     observed(rollout=ROLLING), "Ready", "none", True, False, False, []),
+    ("a-verified-revision-is-not-reverted-for-one-bad-pod",
+     Recorded(phase="Ready", desired_revision="d2", last_smoke=passed("d2")),
+     observed(rollout=DEADLINE, pod_problem=CRASH), "Ready", "none", True, False, False, []),
+    ("the-target's-re-check-is-read-from-rollbackCheck",
+     Recorded(phase="RollingBack", last_failure=failure(),
+              last_smoke={**passed("d2"), "outcome": "Failed"}, rollback_check=passed("t1")),
+     observed(deployment_revision="t1"), "RolledBack", "none", False, True, True,
+     ["RolledBack"]),
 ]
 
 
@@ -270,3 +294,40 @@ def test_the_ready_condition_reads_the_same_before_and_after_the_verdict_is_reco
         Recorded(phase="Ready", desired_revision="d2",
                  last_smoke={**passed("d2"), "message": "4 smoke tests passed"}), observed())
     assert later.conditions == verdict.conditions and later.events == ()
+
+
+def test_a_failed_release_of_the_targets_own_template_says_what_really_happened() -> None:
+    decision = lifecycle.decide(
+        Recorded(phase="Verifying", desired_revision="d2"),
+        observed(target="d2", target_generation=GEN - 1,
+                 smoke=smoke("d2", "Failed", "expected 'setosa', got 'virginica'")))
+    message = decision.conditions["Ready"].message
+    assert "first release" not in message
+    assert f"rollback target itself (verified for generation {GEN - 1}" in message
+    assert "its pods keep serving" in message
+
+
+def test_a_target_pod_failing_behind_its_gate_during_the_revert_stops_it() -> None:
+    decision = lifecycle.decide(
+        Recorded(phase="RollingBack", last_failure=failure()),
+        observed(deployment_revision="t1", rollout=ROLLING,
+                 pod_verdict=smoke("t1", "Failed", "pod q: got 500")))
+    assert (decision.phase, [e.reason for e in decision.events]) == ("Failed",
+                                                                      ["RollbackFailed"])
+    assert "pod q: got 500" in decision.conditions["Stalled"].message
+
+
+@pytest.mark.parametrize(("checks", "phase"), [("c1", "Ready"), ("c2", "Verifying"),
+                                               ("", "Verifying")])
+def test_a_new_generation_keeps_the_verdict_only_when_its_checks_are_the_same(
+        checks: str, phase: str) -> None:
+    # A replica count changed (a new generation, the same pod template and tests): still
+    # verified; other tests, or checks not known: verified again.
+    recorded = Recorded(phase="Ready", desired_revision="d2",
+                        last_smoke={**passed("d2", GEN - 1), "checks": "c1"})
+    decision = lifecycle.decide(recorded, observed(checks=checks))
+    assert decision.phase == phase
+    if phase == "Ready":
+        assert decision.events == () and decision.action == "none"
+    else:
+        assert decision.action == "verify"

@@ -49,6 +49,7 @@ NAMESPACED_RULES = {
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("apps", "controllerrevisions"): {"get", "list", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
+    ("", "pods/status"): {"patch"},  # the readiness gate of each pod, and nothing else
     ("discovery.k8s.io", "endpointslices"): {"list"},
 }
 # Only for an operator outside the cluster (manifests/proxy-route/), never in the base.

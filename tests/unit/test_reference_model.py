@@ -183,3 +183,23 @@ def test_shape_mismatch_variant_500s_on_the_schema_valid_sample() -> None:
         status, body = score(port, SAMPLE)
         assert status == 500
         assert "feature count mismatch" in body["error"] and "expects 3" in body["error"]
+
+
+def test_bad_output_variant_answers_200_with_the_right_labels_but_breaks_the_contract() -> None:
+    with server(SCORE_SCRIPT=str(BUNDLE / "variants" / "bad_output.py")) as port:
+        wait_ready(port)
+        status, body = score(port, SAMPLE)
+        assert status == 200
+        assert [p["label"] for p in body["predictions"]] == ["setosa", "versicolor", "virginica"]
+        assert isinstance(body["predictions"][0]["probability"], str)
+        errors = list(jsonschema.Draft202012Validator(OUTPUT_SCHEMA).iter_errors(body))
+        assert errors and "is not of type 'number'" in errors[0].message
+
+
+def test_swapped_labels_variant_is_schema_valid_and_swaps_two_classes() -> None:
+    with server(SCORE_SCRIPT=str(BUNDLE / "variants" / "swapped_labels.py")) as port:
+        wait_ready(port)
+        status, body = score(port, SAMPLE)
+        assert status == 200
+        assert [p["label"] for p in body["predictions"]] == ["setosa", "virginica", "versicolor"]
+        assert list(jsonschema.Draft202012Validator(OUTPUT_SCHEMA).iter_errors(body)) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import http.server
@@ -721,7 +722,6 @@ def test_limiters_are_shared_between_runs(app: App) -> None:
             smoke.run_smoke_tests(spec, [pod(app)], smoke.ClientSettings(), limiters=[shared])
             for _ in range(2))))
 
-    import asyncio
     verdicts = asyncio.run(both())
     assert [v.outcome for v in verdicts] == ["Passed", "Passed"]
     assert len(app.seen) == 8 and app.max_in_flight == 1
@@ -767,3 +767,108 @@ def test_a_refused_target_is_could_not_test_and_gets_no_request(app: App) -> Non
     assert verdict.outcome == "Error"
     assert verdict.results[0].message == "not sent: the Service is not Slipway's"
     assert app.seen == []
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction-level checks: numbers within a tolerance, and agreement with the serving revision
+
+
+def test_a_score_within_its_tolerance_passes_and_one_beyond_fails(app: App) -> None:
+    within = setosa(expect={"values": [{"path": "$.predictions[0].score", "equals": 0.95,
+                                        "tolerance": {"absolute": 0.03}}]})
+    assert run(make_spec(within), pod(app)).outcome == "Passed"
+    beyond = setosa(expect={"values": [{"path": "$.predictions[0].score", "equals": 0.9,
+                                        "tolerance": {"absolute": 0.03, "relative": 0.01}}]})
+    verdict = run(make_spec(beyond), pod(app))
+    assert verdict.outcome == "Failed" and verdict.reason == ""
+    assert "$.predictions[0].score is 0.97, expected 0.9 within ±0.03 or 1 %" in verdict.message
+
+
+def test_a_tolerance_is_refused_on_values_that_are_not_numbers() -> None:
+    with pytest.raises(pydantic.ValidationError, match="a tolerance compares numbers"):
+        make_spec(setosa(expect={"values": [{"path": "$.predictions[0].label",
+                                             "equals": "setosa",
+                                             "tolerance": {"absolute": 1}}]}))
+    with pytest.raises(pydantic.ValidationError, match="needs absolute, relative or both"):
+        make_spec(setosa(expect={"values": [{"path": "$.predictions[0].score",
+                                             "equals": 1, "tolerance": {}}]}))
+
+
+def agreeing_spec(min_rate: float = 1.0, **extra: Any) -> models.ModelDeploymentSpec:
+    spec = make_spec({"name": "batch", "body": {"instances": [[5.1, 3.5, 1.4, 0.2]] * 3}})
+    return spec.model_copy(update={"agreement": models.Agreement.model_validate(
+        {"paths": [{"path": "$.predictions", "tolerance": {"absolute": 0.02}}],
+         "minRate": min_rate, **extra})})
+
+
+BATCH = {"predictions": [{"label": "setosa", "score": 0.97}, {"label": "versicolor",
+                                                             "score": 0.8},
+                         {"label": "virginica", "score": 0.9}]}
+SWAPPED = {"predictions": [{"label": "setosa", "score": 0.975}, {"label": "virginica",
+                                                                "score": 0.8},
+                           {"label": "versicolor", "score": 0.9}]}
+
+
+def test_answers_that_agree_with_the_serving_revision_pass(serve: Callable[[], App]) -> None:
+    new, serving = serve(), serve()
+    new.routes["/score"] = answer(200, {**BATCH, "predictions": [
+        {**p, "score": p["score"] + 0.01} for p in BATCH["predictions"]]})
+    serving.routes["/score"] = answer(200, BATCH)
+    verdict = asyncio.run(smoke.run_smoke_tests(agreeing_spec(), [pod(new, "pod/new")],
+                                                smoke.ClientSettings(),
+                                                serving=pod(serving, "pod/old")))
+    assert verdict.outcome == "Passed", verdict.message
+    [agreement] = [r for r in verdict.results if r.name == smoke.AGREEMENT]
+    assert agreement.target == "pod/new vs pod/old (serving)"
+    assert agreement.message.startswith("3 of 3 compared items agree with pod/old (100 %")
+    assert len(serving.requests_to("/score")) == 1  # the same request went to the serving pod
+
+
+def test_swapped_labels_disagree_and_fail_with_their_own_reason(
+        serve: Callable[[], App]) -> None:
+    new, serving = serve(), serve()
+    new.routes["/score"] = answer(200, SWAPPED)
+    serving.routes["/score"] = answer(200, BATCH)
+    verdict = asyncio.run(smoke.run_smoke_tests(agreeing_spec(0.9), [pod(new, "pod/new")],
+                                                smoke.ClientSettings(),
+                                                serving=pod(serving, "pod/old")))
+    assert (verdict.outcome, verdict.reason) == ("Failed", smoke.PREDICTIONS_DISAGREE)
+    assert "1 of 3 compared items agree with pod/old (33.3 %, at least 90 % wanted)" in \
+        verdict.message
+    assert "$.predictions[1]: .label: 'virginica' vs 'versicolor'" in verdict.message
+    # The same answers pass when only a third must agree
+    passed = asyncio.run(smoke.run_smoke_tests(agreeing_spec(0.3), [pod(new, "pod/new")],
+                                               smoke.ClientSettings(),
+                                               serving=pod(serving, "pod/old")))
+    assert passed.outcome == "Passed", passed.message
+
+
+def test_a_serving_answer_that_cannot_be_used_is_could_not_test(
+        serve: Callable[[], App]) -> None:
+    new, serving = serve(), serve()
+    new.routes["/score"] = answer(200, BATCH)
+    serving.routes["/score"] = answer(503, b"overloaded")
+    verdict = asyncio.run(smoke.run_smoke_tests(agreeing_spec(), [pod(new, "pod/new")],
+                                                smoke.ClientSettings(),
+                                                serving=pod(serving, "pod/old")))
+    assert verdict.outcome == "Error" and verdict.reason == ""
+    assert "could not compare: the serving revision's answer to 'batch'" in verdict.message
+
+
+def test_a_failing_own_check_is_a_smoke_test_failure_not_a_disagreement(
+        serve: Callable[[], App]) -> None:
+    new, serving = serve(), serve()
+    new.routes["/score"] = answer(500, {"error": "boom"})
+    serving.routes["/score"] = answer(200, BATCH)
+    verdict = asyncio.run(smoke.run_smoke_tests(agreeing_spec(), [pod(new, "pod/new")],
+                                                smoke.ClientSettings(),
+                                                serving=pod(serving, "pod/old")))
+    assert (verdict.outcome, verdict.reason) == ("Failed", "")
+    assert "expected status 200, got 500" in verdict.message
+
+
+def test_agreement_tests_must_name_smoke_tests() -> None:
+    with pytest.raises(pydantic.ValidationError, match="agreement.tests names no smoke test"):
+        models.ModelDeploymentSpec.model_validate({
+            **make_spec(setosa()).model_dump(by_alias=True, exclude_none=True, mode="json"),
+            "agreement": {"paths": [{"path": "$.predictions"}], "tests": ["nope"]}})

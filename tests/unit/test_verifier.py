@@ -96,6 +96,28 @@ def test_keep_only_cancels_what_became_obsolete(verifications: verifier.Verifier
     assert not verifications.running(job())
 
 
+def test_pod_runs_live_beside_the_release_check_and_go_when_their_pod_does(
+        verifications: verifier.Verifier) -> None:
+    started = {unit: threading.Event() for unit in ("", "pod/a", "pod/b")}
+    cancelled = {unit: threading.Event() for unit in started}
+    jobs = {unit: verifier.Job("ml", "iris", "r1", 3, 0, 10.0, unit=unit) for unit in started}
+    for unit, one in jobs.items():
+        assert verifications.submit(one, cancellable(started[unit], cancelled[unit]),
+                                    lambda: None)
+        wait_for(started[unit])
+    assert sorted(j.unit for j in verifications.units("ml", "iris")) == ["pod/a", "pod/b"]
+    # pod b is gone: its run goes, pod a's and the release check stay
+    verifications.keep_only("ml", "iris", jobs[""], units=lambda unit: unit == "pod/a")
+    wait_for(cancelled["pod/b"])
+    assert verifications.running(jobs[""]) and verifications.running(jobs["pod/a"])
+    assert not verifications.running(jobs["pod/b"])
+    # the object is deleted: everything goes
+    verifications.keep_only("ml", "iris", None)
+    wait_for(cancelled[""])
+    wait_for(cancelled["pod/a"])
+    assert verifications.units("ml", "iris") == []
+
+
 def test_one_namespace_holds_its_share_and_others_go_on(verifications: verifier.Verifier
                                                         ) -> None:
     """per_namespace=1: two stalled objects of one tenant do not hold up a third elsewhere."""

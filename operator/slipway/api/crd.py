@@ -150,6 +150,9 @@ def printer_columns() -> list[dict[str, Any]]:
          "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
         {"name": "Serving", "type": "string", "jsonPath": ".status.currentRevision",
          "description": "Revision whose pods serve traffic"},
+        {"name": "Verified", "type": "string", "jsonPath": ".status.verifiedPods",
+         "description": "Pods of the serving revision that passed their own smoke tests, of "
+                        "all its pods"},
         {"name": "Reason", "type": "string", "priority": 1,
          "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

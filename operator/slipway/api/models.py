@@ -692,8 +692,37 @@ class IOSchema(Base):
         return check_json_schema(value)
 
 
+class Tolerance(Base):
+    """How far two numbers may be apart and still agree: |a - b| <= max(absolute, relative *
+    max(|a|, |b|)). NaN agrees with nothing; strings, booleans and null stay exact."""
+
+    absolute: Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)] | None = Field(
+        default=None, description="Largest absolute difference. Default 0.")
+    relative: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
+        default=None, description="Largest difference relative to the larger magnitude "
+        "(0.01: 1 %). Default 0.")
+
+    model_config = pydantic.ConfigDict(json_schema_extra=_extra(x_kubernetes_validations=[
+        cel("has(self.absolute) || has(self.relative)",
+            "a tolerance needs absolute, relative or both")]))
+
+    @pydantic.model_validator(mode="after")
+    def _something(self) -> Tolerance:
+        if self.absolute is None and self.relative is None:
+            raise ValueError("a tolerance needs absolute, relative or both")
+        return self
+
+
+def _numbers_only(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, list) and bool(value) and all(_numbers_only(v) for v in value)
+
+
 class ExpectedValue(Base):
-    """An exact value at a JSON path of the response body."""
+    """A value at a JSON path of the response body: exact, or numbers within a tolerance."""
 
     path: Annotated[str, Field(max_length=256, pattern=JSON_PATH)] = Field(
         description="A path such as $.predictions[0].label."
@@ -704,10 +733,21 @@ class ExpectedValue(Base):
         json_schema_extra=_extra(x_kubernetes_preserve_unknown_fields=True),
     )
 
+    tolerance: Tolerance | None = Field(
+        default=None, description="Compare within this tolerance instead of exactly; "
+        "`equals` must then be a number or an array of numbers (nested arrays too).")
+
     @pydantic.field_validator("equals")
     @classmethod
     def _bounded_equals(cls, value: Any) -> Any:
         return _bounded_json(value, MAX_EQUALS_BYTES)
+
+    @pydantic.model_validator(mode="after")
+    def _tolerance_for_numbers(self) -> ExpectedValue:
+        if self.tolerance is not None and not _numbers_only(self.equals):
+            raise ValueError(f"{self.path}: a tolerance compares numbers: equals must be a "
+                             "number or an array of numbers")
+        return self
 
 
 class Expectation(Base):
@@ -797,6 +837,33 @@ class SmokeTest(Base):
 # spec.rollout and spec.rollback
 
 
+class AgreementPath(Base):
+    """A JSON path whose value must be the same in both revisions' answers."""
+
+    path: Annotated[str, Field(max_length=256, pattern=JSON_PATH)] = Field(
+        description="A path such as $.predictions: where it leads to an array, each element is "
+        "one compared item (one instance of a batch)."
+    )
+    tolerance: Tolerance | None = Field(
+        default=None, description="For the numbers found there (scores, probabilities); "
+        "labels and other strings are always compared exactly. Default: exact.")
+
+
+class Agreement(Base):
+    """Agreement with the serving revision: while a release rolls out, the rollback target's
+    pods still serve, so each smoke test below goes to one of them and to the new pod, and the
+    two answers are compared at the paths named."""
+
+    paths: Annotated[list[AgreementPath], Field(min_length=1, max_length=16)] = Field(
+        description="Where the answers are compared.")
+    min_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+        default=1.0, description="Share of compared items that must agree (0 to 1). Default 1: "
+        "every item.")
+    tests: Annotated[list[Annotated[str, Field(max_length=63)]], Field(max_length=32)] | None = \
+        Field(default=None, description="Names of the smoke tests whose answers are compared. "
+              "Default: every test sent to the scoring path that expects a 2xx status.")
+
+
 class Rollout(Base):
     """How a new revision rolls out and how its smoke tests are sent."""
 
@@ -805,10 +872,13 @@ class Rollout(Base):
         "Default 600."
     )
     max_surge: IntOrPercent = Field(
-        default="25%", description="Extra pods during a rollout (number or percent). Default 25%."
+        default="25%", description="Extra pods during a rollout (number or percent). Default "
+        "25% (1 pod for up to 4 replicas): new pods get no traffic before they pass their smoke "
+        "tests, so surge costs only scheduling room."
     )
     max_unavailable: IntOrPercent = Field(
-        default=0, description="Pods that may be missing during a rollout. Default 0."
+        default=0, description="Pods that may be missing during a rollout. Default 0: the old "
+        "pods serve until new ones have passed, and a revert finds them still there."
     )
     smoke_test_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = Field(
         default=10, description="Timeout of one smoke-test request. Default 10."
@@ -889,6 +959,10 @@ class ModelDeploymentSpec(Base):
     )
     placement: Placement = Field(default_factory=Placement)
     probes: Probes = Field(default_factory=Probes)
+    agreement: Agreement | None = Field(
+        default=None, description="Compare each new pod's answers with the serving revision's "
+        "(a 200 with a valid schema can still be a broken model). A release below minRate "
+        "fails as PredictionsDisagree.")
     rollout: Rollout = Field(default_factory=Rollout)
     rollback: Rollback = Field(default_factory=Rollback)
 
@@ -901,6 +975,32 @@ class ModelDeploymentSpec(Base):
                 raise ValueError(f"smoke test name {test.name!r} is used twice")
             seen.add(test.name)
         return tests
+
+    model_config = pydantic.ConfigDict(json_schema_extra=_extra(x_kubernetes_validations=[
+        cel("!has(self.agreement) || !has(self.agreement.tests) || "
+            "self.agreement.tests.all(n, self.smokeTests.exists(t, t.name == n))",
+            "agreement.tests must name smoke tests of spec.smokeTests")]))
+
+    @pydantic.model_validator(mode="after")
+    def _agreement_tests_exist(self) -> ModelDeploymentSpec:
+        if self.agreement is not None and self.agreement.tests is not None:
+            names = {test.name for test in self.smoke_tests}
+            unknown = [name for name in self.agreement.tests if name not in names]
+            if unknown:
+                raise ValueError(f"agreement.tests names no smoke test {unknown[0]!r}")
+            if not self.agreement.tests:
+                raise ValueError("agreement.tests is empty: leave it out for the default")
+        return self
+
+    def agreement_tests(self) -> list[SmokeTest]:
+        """The smoke tests whose answers are compared with the serving revision's."""
+        if self.agreement is None:
+            return []
+        if self.agreement.tests is not None:
+            chosen = set(self.agreement.tests)
+            return [test for test in self.smoke_tests if test.name in chosen]
+        return [test for test in self.smoke_tests
+                if self.targets_scoring(test) and 200 <= test.expect.status < 300]
 
     def test_path(self, test: SmokeTest) -> str:
         return test.path or self.runtime.scoring_path
@@ -962,6 +1062,28 @@ class SmokeTestResult(Base):
     message: Annotated[str, Field(max_length=2048)] = ""
 
 
+class PodResult(Base):
+    """One pod's own smoke tests, sent to it behind its readiness gate."""
+
+    pod: Annotated[str, Field(max_length=253)]
+    outcome: Literal["Passed", "Failed", "Error"]
+    message: Annotated[str, Field(max_length=1024)] = ""
+    at: Annotated[str, Field(max_length=64)] | None = None
+
+
+class PodVerdict(PodResult):
+    """A pod's verdict, with the revision and generation it was for."""
+
+    revision: Annotated[str, Field(max_length=63)]
+    generation: int | None = None
+
+
+class PodVerification(Base):
+    """The newest per-pod verdicts (at most 32), whatever revision they were for."""
+
+    pods: Annotated[list[PodVerdict], Field(max_length=32)] = Field(default_factory=list)
+
+
 class LastSmokeTest(Base):
     """The last verdict: which revision, for which generation, and what each request gave."""
 
@@ -972,7 +1094,13 @@ class LastSmokeTest(Base):
     started_at: Annotated[str, Field(max_length=64)] | None = None
     finished_at: Annotated[str, Field(max_length=64)] | None = None
     attempts: int | None = None
+    checks: Annotated[str, Field(max_length=16)] | None = Field(
+        default=None, description="What the verdict rests on besides the pods (the tests, the "
+        "contract): a later generation that changes neither keeps it.")
     results: Annotated[list[SmokeTestResult], Field(max_length=64)] = Field(default_factory=list)
+    pods: Annotated[list[PodResult], Field(max_length=32)] = Field(
+        default_factory=list, description="Each pod's own smoke tests in this release, sent to "
+        "it before its readiness gate opened (newest last).")
 
 
 class LastFailure(Base):
@@ -1019,7 +1147,16 @@ class ModelDeploymentStatus(Base):
         default=None, description="The failed release, not retried until the spec or the "
         "slipway.dev/retry annotation changes.")
     last_smoke_test: LastSmokeTest | None = Field(
-        default=None, description="The last smoke-test verdict.")
+        default=None, description="The last release's smoke-test verdict (kept through a "
+        "revert: the rollback target's re-check goes to rollbackCheck).")
+    rollback_check: LastSmokeTest | None = Field(
+        default=None, description="The rollback target's re-check after a revert.")
+    verified_pods: Annotated[str, Field(max_length=32)] | None = Field(
+        default=None, description="Pods of the serving revision whose readiness gate is open, "
+        "of all its pods (\"2/3\").")
+    pod_verification: PodVerification | None = Field(
+        default=None, description="The newest per-pod verdicts (a pod gets traffic only once "
+        "its own smoke tests passed).")
     history: Annotated[list[HistoryEntry], Field(max_length=32)] = Field(
         default_factory=list, description="Verdicts, newest last (at most 20 kept).")
 

@@ -258,6 +258,20 @@ def list_pods(namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
     return list(_sanitize(result).get("items") or [])
 
 
+def patch_pod_status(namespace: str, name: str, body: dict[str, Any]) -> bool:
+    """Strategic-merge-patch a pod's status (conditions merge by type: only the ones in
+    ``body`` change). False when the pod is gone, or is another pod of that name now (the uid
+    in ``body`` is a precondition)."""
+    try:
+        core().patch_namespaced_pod_status(
+            name, namespace, body, _content_type="application/strategic-merge-patch+json")
+    except ApiException as error:
+        if error.status in (404, 409):
+            return False
+        raise
+    return True
+
+
 def list_endpoint_slices(namespace: str, service: str) -> list[dict[str, Any]]:
     """The EndpointSlices of a Service (those its selector made, and any made by hand)."""
     result = kubernetes.client.DiscoveryV1Api(api_client()).list_namespaced_endpoint_slice(

@@ -48,6 +48,7 @@ from typing import Any, Literal, NoReturn
 import httpx
 
 from slipway.api import jsonschemas, models
+from slipway.logic import compare
 
 Outcome = Literal["Passed", "Failed", "Error"]
 
@@ -85,6 +86,10 @@ class ClientSettings:
     body_cap_bytes: int = 65536
 
 
+PREDICTIONS_DISAGREE = "PredictionsDisagree"
+AGREEMENT = "agreement"  # the name of the result that compares two revisions' answers
+
+
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     outcome: Outcome
@@ -92,6 +97,7 @@ class Verdict:
     results: list[models.SmokeTestResult]
     started_at: str
     finished_at: str
+    reason: str = ""  # PREDICTIONS_DISAGREE when only the agreement with the serving one failed
 
     def to_status(self, *, revision: str, generation: int | None, attempts: int
                   ) -> dict[str, Any]:
@@ -255,6 +261,8 @@ class _Plan:
     cap: int
     limiters: Sequence[asyncio.Semaphore]  # shared with other runs (fairness), taken in order
     budget: jsonschemas.Budget
+    # The parsed answers of passed checks, by (test, target), for the agreement check.
+    documents: dict[tuple[str, str], Any] = dataclasses.field(default_factory=dict)
 
 
 class UnsafeURL(ValueError):
@@ -504,13 +512,19 @@ def _check(plan: _Plan, test: models.SmokeTest, target: Target,
         return failed(f"expected status {expect.status}, got {response.status}{extra}: "
                       f"{_snippet(response.body)}")
     schema = spec.body_schema_for(test)
-    if schema is not None or expect.values:
+    compared = test in spec.agreement_tests()
+    if schema is not None or expect.values or compared:
         if response.oversize:
             return failed(f"response larger than {_size(cap)}")
         try:
             document = json.loads(response.body, parse_constant=_reject_constant)
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             return failed(f"response is not JSON: {_snippet(response.body)}")
+        if compared:
+            # Kept for the agreement check whatever the expectations say: the serving
+            # revision's answer is the reference even where it differs from this release's
+            # expectations (a new model version, say).
+            plan.documents[(test.name, target.name)] = document
         if schema is not None:
             schema_name = "expect.bodySchema" if expect.body_schema is not None else (
                 "spec.schema.output")
@@ -522,12 +536,35 @@ def _check(plan: _Plan, test: models.SmokeTest, target: Target,
                 actual = lookup(document, expected.path)
             except PathNotFound as error:
                 return failed(f"{expected.path} is missing ({error})")
-            if not _json_equal(actual, expected.equals):
-                return failed(f"{expected.path} is {_show(actual)}, "
-                              f"expected {_show(expected.equals)}")
+            if expected.tolerance is None:
+                if not _json_equal(actual, expected.equals):
+                    return failed(f"{expected.path} is {_show(actual)}, "
+                                  f"expected {_show(expected.equals)}")
+            else:
+                tolerance = _tolerance(expected.tolerance)
+                found = compare.difference(actual, expected.equals, tolerance)
+                if found is not None:
+                    return failed(f"{expected.path} is {_show(actual)}, expected "
+                                  f"{_show(expected.equals)} within {_describe(tolerance)} "
+                                  f"({found.replace(' vs ', ' vs expected ')})")
     if expect.max_latency_ms is not None and response.latency_ms > expect.max_latency_ms:
         return failed(f"took {response.latency_ms} ms, budget {expect.max_latency_ms} ms")
     return _result(test, target, "Passed", "", response)
+
+
+def _tolerance(value: models.Tolerance | None) -> compare.Tolerance:
+    if value is None:
+        return compare.EXACT
+    return compare.Tolerance(absolute=value.absolute or 0.0, relative=value.relative or 0.0)
+
+
+def _describe(tolerance: compare.Tolerance) -> str:
+    parts = []
+    if tolerance.absolute:
+        parts.append(f"±{tolerance.absolute:g}")
+    if tolerance.relative:
+        parts.append(f"{tolerance.relative * 100:g} %")
+    return " or ".join(parts) or "no tolerance"
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -610,12 +647,15 @@ def _summary(results: list[models.SmokeTestResult], tests: int, targets: Sequenc
 
 async def run_smoke_tests(spec: models.ModelDeploymentSpec, targets: Sequence[Target],
                           client: ClientSettings, *, deadline: float | None = None,
-                          limiters: Sequence[asyncio.Semaphore] = ()) -> Verdict:
+                          limiters: Sequence[asyncio.Semaphore] = (),
+                          serving: Target | None = None) -> Verdict:
     """Send every smoke test to every target (concurrently, bounded) and judge the answers.
 
     ``deadline`` (seconds) bounds the whole run: a check still waiting for its answer then fails
     for want of one. ``limiters`` are semaphores shared with other runs, each taken around every
     request (a global and a per-tenant share, say), so that one slow tenant cannot take them all.
+    ``serving``: a pod of the revision that serves now; with ``spec.agreement``, the agreement
+    tests go to it too, and each target's answers are compared with its answers.
     """
     started = _now()
     if not targets:
@@ -632,6 +672,10 @@ async def run_smoke_tests(spec: models.ModelDeploymentSpec, targets: Sequence[Ta
         message = _one_line(f"could not set up the HTTP client: {error}", MAX_RESULT_MESSAGE)
         return Verdict("Error", message, [], started, _now())
     jobs = [(test, target) for test in tests for target in targets]
+    compared = spec.agreement_tests() if serving is not None else []
+    reference = [(test, serving) for test in compared if serving is not None]
+    if serving is not None and serving.via_api_proxy and proxied_tls is None:
+        proxied_tls = _ssl_context(client, with_cert=True)
     async with contextlib.AsyncExitStack() as stack:
         direct = await stack.enter_async_context(_make_client(direct_tls, timeout))
         proxied = None
@@ -640,7 +684,8 @@ async def run_smoke_tests(spec: models.ModelDeploymentSpec, targets: Sequence[Ta
         plan = _Plan(spec, direct, proxied, dict(client.headers),
                      asyncio.Semaphore(MAX_CONCURRENCY), client.body_cap_bytes, tuple(limiters),
                      jsonschemas.Budget(CHECK_SECONDS))
-        tasks = [asyncio.ensure_future(_guarded(plan, test, target)) for test, target in jobs]
+        tasks = [asyncio.ensure_future(_guarded(plan, test, target))
+                 for test, target in [*jobs, *reference]]
         try:
             await asyncio.wait(tasks, timeout=deadline)
         finally:
@@ -653,9 +698,58 @@ async def run_smoke_tests(spec: models.ModelDeploymentSpec, targets: Sequence[Ta
             test, target, "Failed",
             f"no answer within the verification deadline of {_seconds(deadline)} "
             "(spec.rollout.verificationDeadlineSeconds)")
-        for task, (test, target) in zip(tasks, jobs, strict=True)]
-    outcome, message = _summary(results, len(tests), targets)
-    return Verdict(outcome, message, _bounded(results), started, _now())
+        for task, (test, target) in zip(tasks, [*jobs, *reference], strict=True)]
+    own, theirs = results[:len(jobs)], results[len(jobs):]
+    if serving is not None and spec.agreement is not None and compared:
+        own += [_agreement(spec, plan.documents, compared, target, serving, theirs)
+                for target in targets]
+    outcome, message = _summary(own, len(tests), targets)
+    reason = ""
+    failed = [result for result in own if result.outcome == "Failed"]
+    if outcome == "Failed" and all(result.name == AGREEMENT and result.target.startswith(
+            tuple(f"{t.name} " for t in targets)) for result in failed):
+        reason = PREDICTIONS_DISAGREE
+        message = _one_line(f"{failed[0].target}: {failed[0].message}", MAX_VERDICT_MESSAGE)
+    return Verdict(outcome, message, _bounded(own), started, _now(), reason)
+
+
+def _agreement(spec: models.ModelDeploymentSpec, documents: Mapping[tuple[str, str], Any],
+               compared: Sequence[models.SmokeTest], target: Target, serving: Target,
+               serving_results: Sequence[models.SmokeTestResult]) -> models.SmokeTestResult:
+    """One result: do ``target``'s answers agree with the serving revision's?"""
+    agreement = spec.agreement
+    assert agreement is not None
+    name = f"{target.name} vs {serving.name} (serving)"
+
+    def result(outcome: Outcome, message: str) -> models.SmokeTestResult:
+        return models.SmokeTestResult(name=AGREEMENT, target=name[:512], outcome=outcome,
+                                      message=_one_line(message, MAX_RESULT_MESSAGE))
+
+    tally = compare.Agreement()
+    for test in compared:
+        new = documents.get((test.name, target.name))
+        if new is None:
+            continue  # its own check failed (and says why), or it has no JSON answer
+        old = documents.get((test.name, serving.name))
+        if old is None:
+            why = next((r.message for r in serving_results if r.name == test.name), "")
+            return result("Error", f"could not compare: the serving revision's answer to "
+                          f"{test.name!r} is not usable: {why or 'no JSON answer'}")
+        for compared_path in agreement.paths:
+            values = []
+            for document in (new, old):
+                try:
+                    values.append(lookup(document, compared_path.path))
+                except PathNotFound:
+                    values.append(compare.MISSING)
+            tally.add(test.name, compared_path.path, values[0], values[1],
+                      _tolerance(compared_path.tolerance))
+    if tally.total == 0:
+        return result("Passed", "nothing to compare (no usable answer of this revision)")
+    summary = tally.summary(agreement.min_rate, serving.name)
+    if tally.rate + 1e-12 < agreement.min_rate:
+        return result("Failed", summary)
+    return result("Passed", summary)
 
 
 def _seconds(value: float) -> str:

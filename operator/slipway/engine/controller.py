@@ -33,7 +33,7 @@ from kubernetes.client.rest import ApiException
 from slipway.api import models, validation
 from slipway.clients import kube, smoke
 from slipway.engine import metrics, verifier
-from slipway.logic import conditions, lifecycle, render, rollout, targets
+from slipway.logic import conditions, gates, lifecycle, render, rollout, targets
 
 HISTORY_LIMIT = 20
 # How often a ChildConflict is looked at again (the stranger may have been removed).
@@ -155,6 +155,54 @@ class SpecCache:
 
 SPECS = SpecCache()
 VERIFIER = verifier.Verifier()
+POD_RESULTS_KEPT = 32  # per-pod verdicts kept in status.podVerification (newest last)
+
+
+class PodTries:
+    """"Could not test" verdicts per pod (by uid), in memory: the next try waits its back-off.
+    (A restarted operator starts counting again; the pod stays out of traffic meanwhile.)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tries: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
+
+    def get(self, key: tuple[str, str], uid: str) -> tuple[int, float]:
+        with self._lock:
+            return self._tries.get(key, {}).get(uid, (0, 0.0))
+
+    def failed(self, key: tuple[str, str], uid: str, delay: float) -> int:
+        with self._lock:
+            tries, _ = self._tries.setdefault(key, {}).get(uid, (0, 0.0))
+            self._tries[key][uid] = (tries + 1, time.monotonic() + delay)
+            return tries + 1
+
+    def keep(self, key: tuple[str, str], uids: set[str]) -> None:
+        with self._lock:
+            kept = {uid: v for uid, v in self._tries.get(key, {}).items() if uid in uids}
+            if kept:
+                self._tries[key] = kept
+            else:
+                self._tries.pop(key, None)
+
+
+POD_TRIES = PodTries()
+
+
+@dataclasses.dataclass
+class GateReport:
+    """What the readiness-gate stage of one reconcile found and did."""
+
+    pod_verdict: lifecycle.SmokeResult | None = None  # a pod of the desired revision failed
+    failed_results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    entries: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # new verdicts
+    events: list[Event] = dataclasses.field(default_factory=list)
+    requeue_after: float | None = None
+    verified_now: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    counts: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+
+    def wake(self, delay: float) -> None:
+        self.requeue_after = delay if self.requeue_after is None else min(self.requeue_after,
+                                                                          delay)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,19 +366,42 @@ def store_target(meta: render.Meta, spec: models.ModelDeploymentSpec,
 # Smoke tests
 
 
-def smoke_targets(meta: render.Meta, revision: str, port: int, pods: list[dict[str, Any]],
-                  service: targets.ServiceTarget
-                  ) -> tuple[list[smoke.Target], smoke.ClientSettings]:
-    """The pods of ``revision`` and the Service, by the route this operator uses: straight to
-    pod and cluster IPs (in the cluster), or through the API server's proxy (outside it)."""
+def _direct_route() -> bool:
     route = os.environ.get(SMOKE_ROUTE_ENV, "auto")
-    direct = route == "direct" or (route == "auto" and kube.in_cluster())
-    ready = targets.verifiable_pods(pods, meta, revision)
+    return route == "direct" or (route == "auto" and kube.in_cluster())
+
+
+def pod_smoke_target(meta: render.Meta, pod: dict[str, Any], port: int
+                     ) -> tuple[list[smoke.Target], smoke.ClientSettings]:
+    """One pod, by its address (not Ready yet: it waits behind its readiness gate), on the
+    route this operator uses."""
+    name = pod["metadata"]["name"]
+    if _direct_route():
+        ip = (pod.get("status") or {}).get("podIP")
+        return ([smoke.Target(f"pod/{name}", f"http://{ip}:{port}")] if ip else [],
+                smoke.ClientSettings())
+    proxy = kube.api_proxy()
+    return ([smoke.Target(f"pod/{name}", proxy.pod_url(meta.namespace, name, port),
+                          via_api_proxy=True)],
+            smoke.ClientSettings(verify=proxy.verify, cert=proxy.cert, headers=proxy.headers))
+
+
+def smoke_targets(meta: render.Meta, revision: str, port: int, pods: list[dict[str, Any]],
+                  service: targets.ServiceTarget, skip: frozenset[str] = frozenset()
+                  ) -> tuple[list[smoke.Target], smoke.ClientSettings]:
+    """The pods of ``revision`` (but those in ``skip``: verified one by one for this
+    generation) and the Service, by the route this operator uses: straight to pod and cluster
+    IPs (in the cluster), or through the API server's proxy (outside it). The Service is
+    tested even when every pod was skipped: it is the route users take."""
+    direct = _direct_route()
+    ready = [pod for pod in targets.verifiable_pods(pods, meta, revision)
+             if pod["metadata"]["name"] not in skip]
+    any_ready = bool(targets.verifiable_pods(pods, meta, revision))
     service_name = f"service/{meta.name}"
     if direct:
         out = [smoke.Target(f"pod/{p['metadata']['name']}", f"http://{p['status']['podIP']}:{port}")
                for p in ready if (p.get("status") or {}).get("podIP")]
-        if out:
+        if out or any_ready:
             out.append(smoke.Target(service_name,
                                     f"http://{service.cluster_ip}:{render.SERVICE_PORT}"
                                     if service.cluster_ip else "http://0.0.0.0",
@@ -340,7 +411,7 @@ def smoke_targets(meta: render.Meta, revision: str, port: int, pods: list[dict[s
     out = [smoke.Target(f"pod/{p['metadata']['name']}",
                         proxy.pod_url(meta.namespace, p["metadata"]["name"], port),
                         via_api_proxy=True) for p in ready]
-    if out:
+    if out or any_ready:
         out.append(smoke.Target(service_name,
                                 proxy.service_url(meta.namespace, meta.name, render.PORT_NAME),
                                 via_api_proxy=True, refusal=service.refusal))
@@ -382,6 +453,7 @@ _HISTORY_REASONS = {
     lifecycle.ROLLBACK_FAILED: "RollbackFailed", lifecycle.SMOKE_TEST_FAILED: "Failed",
     lifecycle.DEADLINE: "Failed", lifecycle.CRASH_LOOP: "Failed",
     lifecycle.IMAGE_PULL_FAILED: "Failed", lifecycle.SMOKE_TESTS_NOT_RUN: "Failed",
+    lifecycle.PREDICTIONS_DISAGREE: "Failed",
 }
 
 
@@ -437,6 +509,7 @@ class Reconciler:
         self.on_verdict = on_verdict or (lambda: None)
         self.deployment: dict[str, Any] | None = None  # as read by _observe
         self.service: dict[str, Any] | None = None  # as read by _observe
+        self._live_units: set[str] = set()  # the pod runs this reconcile still wants
 
     def write(self, status: dict[str, Any]) -> None:
         patch = status_patch(self.written, status)
@@ -522,10 +595,12 @@ class Reconciler:
             generation=generation,
             desired=desired,
             desired_label=describe(spec),
+            checks=render.checks_of(spec),
             retry_token=str(annotations.get(lifecycle.RETRY_ANNOTATION) or ""),
             automatic=spec.rollback.automatic,
             target=target.revision if target else None,
             target_label=target.label if target else "",
+            target_generation=target.generation if target else None,
             deployment_revision=live_revision,
             rollout=state,
             pod_problem=check.problem,
@@ -568,14 +643,19 @@ class Reconciler:
         observed, state, pods, recheck = self._observe(spec, rendered, desired, target,
                                                        generation)
         recorded = lifecycle.Recorded.from_status(self.written)
+        report = self._gates(spec, target, observed, recorded, pods)
+        observed = dataclasses.replace(observed, pod_verdict=report.pod_verdict)
         decision = lifecycle.decide(recorded, observed)
         posted: list[Event] = []
         job: verifier.Job | None = None
+        self.emit(report.events)
+        posted += report.events
 
         if decision.action == "verify":
             # Say so before the requests go out: a restart mid-way finds Verifying and runs
             # the (read-only) smoke tests again; the verdict is recorded once, below.
-            status = _compose(self.written, decision, observed, state)
+            status = self._with_pods(_compose(self.written, decision, observed, state), report,
+                                     decision)
             self.write(status)
             events = list(decision.events)
             self.emit(events)
@@ -590,23 +670,53 @@ class Reconciler:
                 # Drift is put back while the tests run, too (a Service switched to
                 # ExternalName, say); the run itself goes by the objects as they were read.
                 self._act(decision, spec, rendered, target, observed)
-                self._start_verification(job, verify_spec, pods)
+                self._start_verification(job, verify_spec, pods,
+                                         report.verified_now.get(revision, frozenset()))
                 # The verdict brings a reconcile of its own; this one is only a safety net.
+                safety = job.deadline + verifier.MARGIN_SECONDS + 5
                 return Outcome(status, posted,
-                               requeue_after=job.deadline + verifier.MARGIN_SECONDS + 5)
+                               requeue_after=min(safety, report.requeue_after or safety))
             attempts = job.attempt + 1 if verdict.outcome == "Error" else 1
             smoke_status = verdict.to_status(revision=revision, generation=generation,
                                              attempts=attempts)
-            smoke_status["message"] = verdict.message[:4096]
+            message = verdict.message
+            gated = len(report.verified_now.get(revision, ()))
+            if gated and verdict.outcome == "Passed":
+                message += (f"; before that, each of its {gated} gated pod{'s' if gated > 1 else ''}"
+                            " passed them on its own before it got traffic")
+            smoke_status["message"] = message[:4096]
             observed = dataclasses.replace(observed, smoke=lifecycle.SmokeResult(
-                revision, verdict.outcome, verdict.message))
+                revision, verdict.outcome, message))
+            if revision != observed.desired:
+                # The rollback target's re-check: lastSmokeTest keeps what the failed release
+                # got (the troubleshooting starts there).
+                base = {**self.written, "rollbackCheck": smoke_status}
+            else:
+                smoke_status["pods"] = self._pod_entries(revision, generation, report)
+                smoke_status["checks"] = observed.checks
+                base = {**self.written, "lastSmokeTest": smoke_status}
+            # Decided on what was recorded before this verdict (observed.smoke carries it): a
+            # verdict already in status would read as "verified earlier", and nothing recorded.
             recorded = lifecycle.Recorded.from_status(self.written)
             decision = lifecycle.decide(recorded, observed)
-            status = _compose(self.written, decision, observed, state)
-            status["lastSmokeTest"] = smoke_status
+            status = _compose(base, decision, observed, state)
         else:
-            self.verifications.keep_only(meta.namespace, meta.name, None)
+            self._keep_pod_runs(None)
             status = _compose(self.written, decision, observed, state)
+            if report.pod_verdict is not None and decision.failure is not None and \
+                    report.pod_verdict.revision == observed.desired and \
+                    decision.failure.get("reason") in (lifecycle.SMOKE_TEST_FAILED,
+                                                       lifecycle.SMOKE_TESTS_NOT_RUN,
+                                                       lifecycle.PREDICTIONS_DISAGREE):
+                # Failed behind its readiness gate: what that pod got is the verdict.
+                pod_verdict = report.pod_verdict
+                status["lastSmokeTest"] = {
+                    "revision": pod_verdict.revision, "generation": generation,
+                    "outcome": pod_verdict.outcome, "message": pod_verdict.message[:4096],
+                    "finishedAt": conditions.now(), "attempts": 1,
+                    "results": report.failed_results[:64],
+                    "pods": self._pod_entries(pod_verdict.revision, generation, report)}
+        status = self._with_pods(status, report, decision)
 
         record = None
         if decision.record_target:
@@ -629,6 +739,9 @@ class Reconciler:
         requeue = decision.requeue_after
         if recheck is not None and decision.phase in ("Progressing", "RollingBack"):
             requeue = recheck if requeue is None else min(requeue, recheck)
+        if report.requeue_after is not None:
+            requeue = report.requeue_after if requeue is None else min(requeue,
+                                                                       report.requeue_after)
         return Outcome(status, posted, requeue_after=requeue)
 
     def _target_missing(self, target: Target | None, fresh: render.Rendered,
@@ -642,16 +755,207 @@ class Reconciler:
             and record.get("generation") == generation \
             and (target is None or target.controller_revision != record["controllerRevision"])
 
+    # ----------------------------------------------------------------------------------------
+    # Readiness gates: every pod is tested on its own before it gets traffic
+
+    def _gate_revisions(self, spec: models.ModelDeploymentSpec, target: Target | None,
+                        observed: lifecycle.Observed, recorded: lifecycle.Recorded
+                        ) -> list[tuple[str, models.ModelDeploymentSpec]]:
+        """The revisions whose pods are tested behind their gates, with the spec that tests
+        them: the desired one (unless it failed for this generation: its pods are on their way
+        out and get no traffic) and the rollback target (whose pods may restart or be
+        replaced while a release rolls out or after a revert)."""
+        out: list[tuple[str, models.ModelDeploymentSpec]] = []
+        if not lifecycle.is_blocked(recorded, observed):
+            out.append((observed.desired, spec))
+        if target is not None and target.revision != observed.desired:
+            out.append((target.revision, target.spec))
+        return out
+
+    def _gates(self, spec: models.ModelDeploymentSpec, target: Target | None,
+               observed: lifecycle.Observed, recorded: lifecycle.Recorded,
+               pods: list[dict[str, Any]]) -> GateReport:
+        meta = self.meta
+        key = (meta.namespace, meta.name)
+        generation = observed.generation
+        report = GateReport()
+        live_units: set[str] = set()
+        for revision, rev_spec in self._gate_revisions(spec, target, observed, recorded):
+            census = gates.census(pods, meta, revision, generation)
+            # Its pods' verdicts decide a release: the desired revision's until it is
+            # verified, the rollback target's while a revert brings it back.
+            blocked = lifecycle.is_blocked(recorded, observed)
+            checks = observed.checks if revision == observed.desired else ""
+            releasing = not lifecycle.verified(recorded, revision, generation, checks) and (
+                (revision == observed.desired and not blocked)
+                or (blocked and target is not None and revision == target.revision))
+            for pod in census.pods("close"):
+                self._write_gate(pod, False, gates.RESTARTED,
+                                 "a container stopped or restarted since the pod was verified: "
+                                 "it is tested again before it gets traffic")
+            for pod in census.pods("failed"):
+                gate = gates.gate_condition(pod) or {}
+                if releasing and report.pod_verdict is None:
+                    outcome = "Error" if gate.get("reason") == gates.NOT_RUN else "Failed"
+                    report.pod_verdict = lifecycle.SmokeResult(
+                        revision, outcome,  # type: ignore[arg-type]
+                        f"pod {pod['metadata']['name']}: {_after_prefix(gate.get('message'))}",
+                        reason=lifecycle.PREDICTIONS_DISAGREE
+                        if gate.get("reason") == gates.DISAGREE else "")
+            verified = set(census.names("verified"))
+            for pod in census.pods("test"):
+                uid = str(pod["metadata"]["uid"])
+                live_units.add(f"pod/{uid}")
+                serving = None
+                if releasing and revision == observed.desired and target is not None \
+                        and target.revision != revision and rev_spec.agreement is not None:
+                    serving = next(iter(targets.verifiable_pods(pods, meta, target.revision)),
+                                   None)
+                if self._test_pod(pod, revision, rev_spec, generation, releasing, report,
+                                  serving):
+                    verified.add(pod["metadata"]["name"])
+            report.verified_now[revision] = frozenset(verified)
+            report.counts[revision] = (len(verified) + len(census.names("earlier")),
+                                       census.total)
+        POD_TRIES.keep(key, {unit.removeprefix("pod/") for unit in live_units})
+        self._live_units = live_units
+        return report
+
+    def _test_pod(self, pod: dict[str, Any], revision: str, spec: models.ModelDeploymentSpec,
+                  generation: int, releasing: bool, report: GateReport,
+                  serving: dict[str, Any] | None = None) -> bool:
+        """Start, or take the verdict of, one pod's smoke tests; True once it passed.
+        ``serving``: a Ready pod of the rollback target, whose answers this pod's must agree
+        with (spec.agreement)."""
+        meta = self.meta
+        key = (meta.namespace, meta.name)
+        uid = str(pod["metadata"]["uid"])
+        name = pod["metadata"]["name"]
+        tries, not_before = POD_TRIES.get(key, uid)
+        job = verifier.Job(meta.namespace, meta.name, revision, generation, tries,
+                           float(spec.rollout.verification_deadline_seconds), unit=f"pod/{uid}")
+        verdict = self.verifications.result(job)
+        if verdict is None:
+            wait = not_before - time.monotonic()
+            if wait > 0:
+                report.wake(wait)
+            elif not self.verifications.running(job):
+                chosen, client = pod_smoke_target(meta, pod, spec.runtime.port)
+                reference = pod_smoke_target(meta, serving, spec.runtime.port)[0] \
+                    if serving is not None else []
+
+                async def run(limiters: Sequence[asyncio.Semaphore]) -> smoke.Verdict:
+                    return await smoke.run_smoke_tests(
+                        spec, chosen, client, limiters=limiters,
+                        serving=reference[0] if reference else None)
+
+                self.verifications.submit(job, run, self.on_verdict)
+            return False
+        entry = {"pod": name, "revision": revision, "generation": generation,
+                 "outcome": verdict.outcome, "message": verdict.message[:1024],
+                 "at": verdict.finished_at or conditions.now()}
+        if verdict.outcome == "Passed":
+            written = self._write_gate(pod, True, gates.PASSED, gates.verdict_message(
+                generation, pod, verdict.message))
+            self.verifications.forget(job)
+            if written:
+                report.entries.append(entry)
+            return written
+        if verdict.outcome == "Error":
+            tries = POD_TRIES.failed(key, uid, lifecycle.retry_delay(tries + 1))
+            if tries < lifecycle.COULD_NOT_TEST_LIMIT:
+                self.verifications.forget(job)
+                report.wake(lifecycle.retry_delay(tries))
+                return False
+            entry["message"] = f"could not test it {tries} times: {verdict.message}"[:1024]
+        reason = gates.NOT_RUN if verdict.outcome == "Error" else (
+            gates.DISAGREE if verdict.reason == smoke.PREDICTIONS_DISAGREE else gates.FAILED)
+        written = self._write_gate(pod, False, reason, gates.verdict_message(
+            generation, pod, str(entry["message"])))
+        self.verifications.forget(job)
+        if not written:
+            return False
+        report.entries.append(entry)
+        if releasing:
+            if report.pod_verdict is None:
+                report.pod_verdict = lifecycle.SmokeResult(
+                    revision, verdict.outcome, f"pod {name}: {entry['message']}",
+                    reason=lifecycle.PREDICTIONS_DISAGREE
+                    if verdict.reason == smoke.PREDICTIONS_DISAGREE else "")
+                report.failed_results = [r.model_dump(mode="json", by_alias=True,
+                                                      exclude_none=True)
+                                         for r in verdict.results]
+        else:
+            # A pod of a verified revision (a scale-up, a replaced or restarted pod): it stays
+            # out of traffic, the revision keeps serving from its verified pods. Not deleted:
+            # a deterministic failure would only come back in its replacement, and the pod is
+            # the evidence; it is tested again when it restarts or the spec changes.
+            report.events.append(Event(
+                "Warning", "PodVerificationFailed",
+                f"pod {name} of revision {revision} "
+                f"{'failed' if verdict.outcome == 'Failed' else 'could not be'} "
+                f"{'its smoke tests' if verdict.outcome == 'Failed' else 'tested'} and gets no "
+                f"traffic; the revision keeps serving from its verified pods: "
+                f"{entry['message']}"[:1024]))
+        return False
+
+    def _write_gate(self, pod: dict[str, Any], open_: bool, reason: str, message: str) -> bool:
+        meta = pod["metadata"]
+        previous = gates.gate_condition(pod)
+        cond = gates.condition(open_, reason, message, previous, conditions.now())
+        if previous is not None and all(previous.get(k) == cond[k]
+                                        for k in ("status", "reason", "message")):
+            return True
+        written = kube.patch_pod_status(self.meta.namespace, meta["name"],
+                                        gates.patch_body(str(meta["uid"]), cond))
+        if written:
+            metrics.GATES.labels("open" if open_ else reason).inc()
+        return written
+
+    def _keep_pod_runs(self, job: verifier.Job | None) -> None:
+        live = self._live_units
+        self.verifications.keep_only(self.meta.namespace, self.meta.name, job,
+                                     units=lambda unit: unit in live)
+
+    def _pod_entries(self, revision: str, generation: int,
+                     report: GateReport) -> list[dict[str, Any]]:
+        """The per-pod verdicts of ``revision`` in this generation, as status keeps them."""
+        kept = (self.written.get("podVerification") or {}).get("pods") or []
+        entries = [e for e in [*kept, *report.entries]
+                   if e.get("revision") == revision and e.get("generation") == generation]
+        return [{k: v for k, v in e.items() if k not in ("revision", "generation")}
+                for e in entries][-POD_RESULTS_KEPT:]
+
+    def _with_pods(self, status: dict[str, Any], report: GateReport,
+                   decision: lifecycle.Decision) -> dict[str, Any]:
+        """``status.podVerification`` (the per-pod verdicts, newest last) and
+        ``status.verifiedPods`` ("2/3": pods of the serving revision whose gate is open)."""
+        status = dict(status)
+        if report.entries:
+            kept = (status.get("podVerification") or {}).get("pods") or []
+            status["podVerification"] = {"pods": [*kept, *report.entries][-POD_RESULTS_KEPT:]}
+        serving = decision.serving
+        counts = report.counts.get(serving or "")
+        if counts is not None and counts[1]:
+            status["verifiedPods"] = f"{counts[0]}/{counts[1]}"
+        else:
+            status.pop("verifiedPods", None)
+        if decision.clear_failure:
+            status.pop("rollbackCheck", None)
+        return status
+
     def _start_verification(self, job: verifier.Job, spec: models.ModelDeploymentSpec,
-                            pods: list[dict[str, Any]]) -> None:
+                            pods: list[dict[str, Any]], skip: frozenset[str]) -> None:
         """Hand the smoke tests of ``job`` to the verifier (unless they already run)."""
         if self.verifications.running(job):
             return
+        self._keep_pod_runs(job)
         meta = self.meta
         slices = kube.list_endpoint_slices(meta.namespace, meta.name)
         rendered_service = render.render_service(spec, meta)
         service = targets.service_target(meta, rendered_service, self.service, slices, pods)
-        chosen, client = smoke_targets(meta, job.revision, spec.runtime.port, pods, service)
+        chosen, client = smoke_targets(meta, job.revision, spec.runtime.port, pods, service,
+                                       skip)
 
         async def run(limiters: Sequence[asyncio.Semaphore]) -> smoke.Verdict:
             if not chosen:
@@ -681,6 +985,13 @@ class Reconciler:
                                                   revision=target.revision)
             kube.apply_deployment(deployment, self.deployment)
         kube.apply_service(rendered.service, self.service)
+
+
+def _after_prefix(message: Any) -> str:
+    """A gate message without its "generation N, restarts M: " prefix."""
+    text = str(message or "")
+    head, sep, tail = text.partition(": ")
+    return tail if sep and head.startswith("generation ") else text
 
 
 def reconcile(body: dict[str, Any], post: EventSink,

@@ -35,6 +35,11 @@ SMOKE_DURATION = prometheus_client.Histogram(
 VERIFICATIONS = prometheus_client.Gauge(
     "slipway_verifications", "Verification runs held by the verifier (running, or done and "
     "not yet recorded).", registry=REGISTRY)
+GATES = prometheus_client.Counter(
+    "slipway_pod_gate_writes_total",
+    "Readiness-gate writes: opened after a pod passed (open), or closed by reason "
+    "(SmokeTestsFailed, SmokeTestsNotRun, ContainerRestarted).",
+    ["result"], registry=REGISTRY)
 PHASE = prometheus_client.Gauge(
     "slipway_model_deployment_phase",
     "1 for the phase each ModelDeployment is in, 0 for the others.",

@@ -50,6 +50,7 @@ class Job:
     generation: int
     attempt: int  # "could not test" verdicts recorded before it: a retry is a job of its own
     deadline: float
+    unit: str = ""  # "": the release check; "pod/UID": one pod behind its readiness gate
 
     @property
     def key(self) -> tuple[str, str]:
@@ -69,7 +70,8 @@ class Verifier:
         self.max_in_flight = max_in_flight
         self.per_namespace = per_namespace
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], _Entry] = {}
+        # by object, then by unit: an object has a release check and one run per gated pod
+        self._entries: dict[tuple[str, str], dict[str, _Entry]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._global: asyncio.Semaphore | None = None
@@ -103,7 +105,7 @@ class Verifier:
     def stop(self) -> None:
         """Cancel every run and end the loop (its thread is joined, the loop closed)."""
         with self._lock:
-            entries = list(self._entries.values())
+            entries = [entry for units in self._entries.values() for entry in units.values()]
             self._entries.clear()
             loop, self._loop = self._loop, None
             thread, self._thread = self._thread, None
@@ -126,53 +128,80 @@ class Verifier:
 
     # -- jobs (called from reconcile threads)
 
+    def _count(self) -> None:
+        metrics.VERIFICATIONS.set(sum(len(units) for units in self._entries.values()))
+
+    def _get(self, job: Job) -> _Entry | None:
+        entry = self._entries.get(job.key, {}).get(job.unit)
+        return entry if entry is not None and entry.job == job else None
+
     def submit(self, job: Job, run: Run, on_done: Callable[[], None]) -> bool:
         """Start ``job`` unless it is already running or done; a different job of the same
-        object is cancelled first. Returns True when it started. ``on_done`` is called (from
-        the verifier's thread) once the verdict is there."""
+        object and unit is cancelled first. Returns True when it started. ``on_done`` is called
+        (from the verifier's thread) once the verdict is there."""
         with self._lock:
-            entry = self._entries.get(job.key)
+            units = self._entries.setdefault(job.key, {})
+            entry = units.get(job.unit)
             if entry is not None and entry.job == job:
                 return False
             if entry is not None:
                 entry.future.cancel()
             loop = self._ensure_loop()
             future = asyncio.run_coroutine_threadsafe(self._run(job, run), loop)
-            self._entries[job.key] = _Entry(job, future)
-            metrics.VERIFICATIONS.set(len(self._entries))
+            units[job.unit] = _Entry(job, future)
+            self._count()
         future.add_done_callback(lambda done: self._finished(job, done, on_done))
         return True
 
     def result(self, job: Job) -> smoke.Verdict | None:
         """The verdict of exactly this job, once it is there (kept until ``forget``)."""
         with self._lock:
-            entry = self._entries.get(job.key)
-            return entry.verdict if entry is not None and entry.job == job else None
+            entry = self._get(job)
+            return entry.verdict if entry is not None else None
 
     def running(self, job: Job) -> bool:
         with self._lock:
-            entry = self._entries.get(job.key)
-            return entry is not None and entry.job == job and entry.verdict is None
+            entry = self._get(job)
+            return entry is not None and entry.verdict is None
 
     def forget(self, job: Job) -> None:
-        """The verdict is recorded in status: drop it."""
+        """The verdict is recorded: drop it."""
         with self._lock:
-            entry = self._entries.get(job.key)
-            if entry is not None and entry.job == job:
-                del self._entries[job.key]
-            metrics.VERIFICATIONS.set(len(self._entries))
+            if self._get(job) is not None:
+                units = self._entries[job.key]
+                del units[job.unit]
+                if not units:
+                    del self._entries[job.key]
+            self._count()
 
-    def keep_only(self, namespace: str, name: str, job: Job | None) -> None:
-        """Cancel and drop whatever this object has other than ``job`` (made obsolete)."""
+    def keep_only(self, namespace: str, name: str, job: Job | None,
+                  units: Callable[[str], bool] | None = None) -> None:
+        """Cancel and drop this object's runs made obsolete: the release check unless it is
+        ``job``, and each pod's run unless ``units`` says to keep it (all of them go when
+        ``units`` is None)."""
+        dropped: list[_Entry] = []
         with self._lock:
-            entry = self._entries.get((namespace, name))
-            if entry is None or entry.job == job:
+            entries = self._entries.get((namespace, name))
+            if not entries:
                 return
-            del self._entries[(namespace, name)]
-            metrics.VERIFICATIONS.set(len(self._entries))
-        entry.future.cancel()
-        log.info("%s/%s: verification of revision %s (generation %s) cancelled: obsolete",
-                 namespace, name, entry.job.revision, entry.job.generation)
+            for unit, entry in list(entries.items()):
+                keep = entry.job == job if unit == "" else (units is not None and units(unit))
+                if not keep:
+                    dropped.append(entries.pop(unit))
+            if not entries:
+                del self._entries[(namespace, name)]
+            self._count()
+        for entry in dropped:
+            entry.future.cancel()
+            log.info("%s/%s: verification %sof revision %s (generation %s) cancelled: obsolete",
+                     namespace, name, f"of {entry.job.unit} " if entry.job.unit else "",
+                     entry.job.revision, entry.job.generation)
+
+    def units(self, namespace: str, name: str) -> list[Job]:
+        """The pod runs this object has (running or with a verdict)."""
+        with self._lock:
+            return [entry.job for unit, entry in (self._entries.get((namespace, name)) or {})
+                    .items() if unit]
 
     # -- inside the loop
 
@@ -211,8 +240,8 @@ class Verifier:
         else:
             verdict = future.result()
         with self._lock:
-            entry = self._entries.get(job.key)
-            if entry is None or entry.job != job:
+            entry = self._get(job)
+            if entry is None:
                 return  # cancelled or replaced meanwhile
             entry.verdict = verdict
         try:

@@ -36,6 +36,7 @@ VERIFYING = "Verifying"
 PROGRESSING = "Progressing"
 SMOKE_TEST_FAILED = "SmokeTestFailed"
 SMOKE_TESTS_NOT_RUN = "SmokeTestsNotRun"
+PREDICTIONS_DISAGREE = "PredictionsDisagree"  # a new pod's answers differ from the serving one's
 DEADLINE = "ProgressDeadlineExceeded"
 CRASH_LOOP = "CrashLoop"
 IMAGE_PULL_FAILED = "ImagePullFailed"
@@ -62,6 +63,7 @@ class SmokeResult:
     revision: str
     outcome: Outcome
     message: str
+    reason: str = ""  # a failure's own reason (PREDICTIONS_DISAGREE); default SmokeTestFailed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Recorded:
     desired_revision: str | None = None
     last_failure: dict[str, Any] | None = None
     last_smoke: dict[str, Any] | None = None
+    rollback_check: dict[str, Any] | None = None  # the rollback target's re-check
 
     @classmethod
     def from_status(cls, status: dict[str, Any]) -> Recorded:
@@ -80,7 +83,11 @@ class Recorded:
             desired_revision=status.get("desiredRevision"),
             last_failure=status.get("lastFailure"),
             last_smoke=status.get("lastSmokeTest"),
+            rollback_check=status.get("rollbackCheck"),
         )
+
+    def checks(self) -> list[dict[str, Any]]:
+        return [check for check in (self.last_smoke, self.rollback_check) if check]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +95,20 @@ class Observed:
     generation: int
     desired: str
     desired_label: str  # "model 1.0.1 (image …)", for messages
+    checks: str = ""  # what the desired revision's verdict rests on (render.checks_of)
     retry_token: str = ""
     automatic: bool = True
     target: str | None = None  # revision of the rollback target
     target_label: str = ""
+    target_generation: int | None = None  # the generation the target was verified for
     deployment_revision: str | None = None  # revision label of the live Deployment's template
     rollout: rollout.RolloutStatus | None = None
     pod_problem: PodProblem | None = None
     smoke: SmokeResult | None = None
+    # A pod of the revision being released (the desired one, or the rollback target during a
+    # revert) that failed its own smoke tests behind its readiness gate (outcome "Failed"), or
+    # could not be tested however often tried ("Error").
+    pod_verdict: SmokeResult | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,21 +156,26 @@ def is_blocked(recorded: Recorded, observed: Observed) -> bool:
     return blocks(recorded.last_failure, observed.generation, observed.retry_token)
 
 
-def verified(recorded: Recorded, revision: str, generation: int) -> bool:
-    smoke = recorded.last_smoke or {}
-    return (smoke.get("revision") == revision and smoke.get("generation") == generation
-            and smoke.get("outcome") == "Passed")
+def verified(recorded: Recorded, revision: str, generation: int, checks: str = "") -> bool:
+    """The release check of ``revision`` passed for this generation, or for an earlier one
+    with the same ``checks`` (the same tests of the same pod template: a new replica count
+    is no new release). ``lastSmokeTest`` for the desired revision, ``rollbackCheck`` for the
+    rollback target."""
+    return any(smoke.get("revision") == revision and smoke.get("outcome") == "Passed"
+               and (smoke.get("generation") == generation
+                    or (bool(checks) and smoke.get("checks") == checks))
+               for smoke in recorded.checks())
 
 
 def could_not_test_count(recorded: Recorded, revision: str, generation: int) -> int:
-    smoke = recorded.last_smoke or {}
-    if smoke.get("revision") == revision and smoke.get("generation") == generation and \
-            smoke.get("outcome") == "Error":
-        return int(smoke.get("attempts") or 1)
+    for smoke in recorded.checks():
+        if smoke.get("revision") == revision and smoke.get("generation") == generation and \
+                smoke.get("outcome") == "Error":
+            return int(smoke.get("attempts") or 1)
     return 0
 
 
-def _retry_delay(tries: int) -> float:
+def retry_delay(tries: int) -> float:
     """Back-off before the next "could not test" try."""
     return COULD_NOT_TEST_DELAYS[min(tries, len(COULD_NOT_TEST_DELAYS)) - 1]
 
@@ -183,18 +201,29 @@ def _pursue_desired(recorded: Recorded, observed: Observed) -> Decision:
     if observed.deployment_revision != desired:
         message = f"rolling out revision {desired} ({observed.desired_label})"
         return _progressing(recorded, observed, "apply-desired", message, announce=True)
+    if verified(recorded, desired, observed.generation, observed.checks):
+        # Verified stays verified: a scale-up, a drained node or a restarted container brings
+        # pods that wait behind their readiness gates for their own tests, and one that fails
+        # them stays out of traffic (the controller says so), but the revision is not released
+        # again, nor reverted. The same words as when the verdict was recorded: a later
+        # reconcile changes nothing.
+        return _ready(recorded, observed, str((recorded.last_smoke or {}).get("message")
+                                              or "revision verified earlier"))
     if observed.pod_problem is not None:
         return _fail(recorded, observed, observed.pod_problem.reason, observed.pod_problem.message)
+    pod_verdict = observed.pod_verdict
+    if pod_verdict is not None and pod_verdict.revision == desired:
+        if pod_verdict.outcome == "Failed":
+            return _fail(recorded, observed, pod_verdict.reason or SMOKE_TEST_FAILED,
+                         pod_verdict.message)
+        if pod_verdict.outcome == "Error":
+            return _not_run(recorded, observed, pod_verdict.message)
     state = observed.rollout or rollout.RolloutStatus("Progressing", PROGRESSING,
                                                       "waiting for the Deployment")
     if state.state == "Failed":
         return _fail(recorded, observed, DEADLINE, state.message)
     if state.state == "Progressing":
         return _progressing(recorded, observed, "wait", state.message, announce=new_rollout)
-    if verified(recorded, desired, observed.generation):
-        # The same words as when the verdict was recorded: a later reconcile changes nothing.
-        return _ready(recorded, observed, str((recorded.last_smoke or {}).get("message")
-                                              or "revision verified earlier"))
     smoke = observed.smoke
     if smoke is None or smoke.revision != desired:
         return _verifying(recorded, observed, desired)
@@ -209,7 +238,7 @@ def _pursue_desired(recorded: Recorded, observed: Observed) -> Decision:
     decision = _verifying(recorded, observed, desired,
                           message=f"could not test yet ({tries} of {COULD_NOT_TEST_LIMIT}): "
                                   f"{smoke.message}")
-    return dataclasses.replace(decision, action="wait", requeue_after=_retry_delay(tries))
+    return dataclasses.replace(decision, action="wait", requeue_after=retry_delay(tries))
 
 
 def _progressing(recorded: Recorded, observed: Observed, action: Action, message: str,
@@ -290,10 +319,7 @@ def _fail(recorded: Recorded, observed: Observed, reason: str, message: str) -> 
             failure=failure,
             serving=target,
         )
-    if not observed.automatic:
-        why = f"{what}; automatic rollback is disabled (spec.rollback.automatic: false)"
-    else:
-        why = f"{what}; there is no verified revision to roll back to (first release)"
+    why = what + _no_revert(observed)
     return Decision(
         phase="Failed",
         action="none",
@@ -306,6 +332,22 @@ def _fail(recorded: Recorded, observed: Observed, reason: str, message: str) -> 
         failure=failure,
         serving=observed.deployment_revision,
     )
+
+
+def _no_revert(observed: Observed) -> str:
+    """Why a failed release is not reverted, as the end of its message."""
+    if not observed.automatic:
+        return "; automatic rollback is disabled (spec.rollback.automatic: false)"
+    if observed.target and observed.target == observed.desired:
+        # The same pod template as the verified release (only the tests or other settings
+        # changed): there is nothing else to go back to, and its pods, verified by the earlier
+        # tests, keep serving.
+        earlier = f" for generation {observed.target_generation}" \
+            if observed.target_generation is not None else ""
+        return (f"; it is the rollback target itself (verified{earlier} with the smoke tests "
+                "of then), so there is nothing else to revert to: its pods keep serving; fix "
+                "the smoke tests or the model")
+    return "; there is no verified revision to roll back to (first release)"
 
 
 NOT_REVERTED = ("; not reverted: Slipway could not reach the pods, which says nothing about "
@@ -348,9 +390,7 @@ def _after_failure(recorded: Recorded, observed: Observed,
                f"{failure.get('message', '')}{NOT_REVERTED}"
         return _stopped(recorded, observed, reason, what + hint)
     if not (observed.automatic and target and target != desired):
-        why = what + ("; automatic rollback is disabled" if not observed.automatic
-                      else "; there is no verified revision to roll back to")
-        return _stopped(recorded, observed, reason, why + hint)
+        return _stopped(recorded, observed, reason, what + _no_revert(observed) + hint)
 
     revert = f"reverting to the rollback target, revision {target} ({observed.target_label})"
     rolling_back = dict(
@@ -369,6 +409,11 @@ def _after_failure(recorded: Recorded, observed: Observed,
     state = observed.rollout or rollout.RolloutStatus("Progressing", PROGRESSING, "")
     if observed.pod_problem is not None:
         return _rollback_failed(recorded, observed, failure, observed.pod_problem.message)
+    pod_verdict = observed.pod_verdict
+    if pod_verdict is not None and pod_verdict.revision == target and \
+            not verified(recorded, target, observed.generation):
+        # A pod the revert brought up failed behind its gate (the old ones had gone).
+        return _rollback_failed(recorded, observed, failure, pod_verdict.message)
     if state.state == "Failed":
         return _rollback_failed(recorded, observed, failure, state.message)
     if state.state == "Progressing":
@@ -387,7 +432,7 @@ def _after_failure(recorded: Recorded, observed: Observed,
     if tries >= COULD_NOT_TEST_LIMIT:
         return _rollback_failed(recorded, observed, failure,
                                 f"could not run its smoke tests {tries} times: {smoke.message}")
-    return Decision(action="wait", events=(), requeue_after=_retry_delay(tries),
+    return Decision(action="wait", events=(), requeue_after=retry_delay(tries),
                     **rolling_back)  # type: ignore[arg-type]
 
 

@@ -30,6 +30,7 @@ ANNOTATION_GENERATION = "slipway.dev/generation"
 ANNOTATION_MODEL_URI = "slipway.dev/model-uri"
 
 TMP_VOLUME = "tmp"
+GATE = "slipway.dev/verified"  # the pod condition behind every rendered pod's readiness gate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +173,8 @@ def render_pod_template(spec: models.ModelDeploymentSpec, meta: Meta) -> dict[st
         },
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
+        # No traffic before this very pod passed its smoke tests: the operator opens the gate.
+        "readinessGates": [{"conditionType": GATE}],
     }
     if placement.service_account_name:
         pod_spec["serviceAccountName"] = placement.service_account_name
@@ -198,6 +201,22 @@ def render_pod_template(spec: models.ModelDeploymentSpec, meta: Meta) -> dict[st
 def revision_of(pod_template: dict[str, Any]) -> str:
     """A stable id of what shapes the pods: 10 hex characters of a SHA-256."""
     canonical = json.dumps(pod_template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def checks_of(spec: models.ModelDeploymentSpec) -> str:
+    """A stable id of what a verdict rests on besides the pods: the smoke tests, the contract,
+    the scoring path and how the tests are sent. A new generation that changes none of these
+    nor the pod template (a replica count, a rollback setting) keeps its verdict."""
+    parts = {
+        "smokeTests": [_dump(test) for test in spec.smoke_tests],
+        "schema": _dump(spec.schema_),
+        "scoringPath": spec.runtime.scoring_path,
+        "timeout": spec.rollout.smoke_test_timeout_seconds,
+        "attempts": spec.rollout.smoke_test_attempts,
+        "deadline": spec.rollout.verification_deadline_seconds,
+    }
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
