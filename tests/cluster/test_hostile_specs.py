@@ -591,8 +591,13 @@ def verification_seconds(kubectl: Kubectl, namespace: str, name: str, verdict: s
     """From the Verifying Event to the verdict's Event; for a release that failed behind its
     pods' readiness gates (there is no Verifying then), from its Progressing Event, which
     adds the pods' start to the time."""
-    events = {e["reason"]: e for e in kubectl.events(namespace, name)
-              if e["involvedObject"]["kind"] == "ModelDeployment"}
+    def posted() -> dict[str, Any] | None:
+        # The verdict is in status before its Event is posted: wait for the Event too.
+        events = {e["reason"]: e for e in kubectl.events(namespace, name)
+                  if e["involvedObject"]["kind"] == "ModelDeployment"}
+        return events if verdict in events else None
+
+    events = wait_until(posted, timeout=20, what=f"the {verdict} Event of {name}")
     start = events.get("Verifying") or events["Progressing"]
     return event_time(events[verdict]) - event_time(start)
 
