@@ -443,7 +443,7 @@ def _ensure_k8s(version: str, commands: Sequence[str], verbose: bool) -> dict[st
         kind="k8s", version=version, src=src,
         packages={c: _K8S_PACKAGES[c] for c in todo},
         ldflags=_k8s_ldflags(version), toolchain=toolchain, verbose=verbose,
-        cold_hint="~4-5 min on 2 cores",
+        cold_hint="~5-11 min on 2 cores",
     ))
     return result
 
