@@ -8,6 +8,7 @@ and a request the ClusterRole denied fails too.
 from __future__ import annotations
 
 import pathlib
+import urllib.parse
 
 import pytest
 
@@ -61,3 +62,24 @@ def test_every_clusterrole_rule_was_used_and_nothing_was_denied(
                for verb in rule["verbs"]}
     unused = sorted(granted - used)
     assert unused == [], f"rules the operator never used: {unused}; used: {sorted(used)}"
+
+
+def test_the_child_watches_ask_the_api_server_for_slipways_objects_only(
+    request: pytest.FixtureRequest, cluster: dev_cluster.ClusterState, operator: Operator,
+) -> None:
+    """Server-side label selectors: an unrelated pod, Deployment or Service is never sent."""
+    ran = {pathlib.Path(str(item.fspath)).name for item in request.session.items}
+    if "test_guarded_rollout.py" not in ran:
+        pytest.skip("needs the rollouts of test_guarded_rollout.py in the same run")
+    events = audited(cluster.state_dir, dev_cluster.OPERATOR_USER)
+    lists = [e for e in events if e["verb"] in ("list", "watch")
+             and (e.get("objectRef") or {}).get("resource") in ("pods", "deployments",
+                                                                 "services")
+             and not (e.get("objectRef") or {}).get("namespace")]  # kopf's cluster-wide ones
+    assert lists, "the operator's cluster-wide watches of its children were not audited"
+    def selector(uri: str) -> list[str]:
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query).get("labelSelector", [])
+
+    unfiltered = sorted({e["requestURI"] for e in lists
+                         if selector(e["requestURI"]) != ["app.kubernetes.io/managed-by=slipway"]})
+    assert unfiltered == [], unfiltered

@@ -206,3 +206,16 @@ def test_the_earliest_timer_of_an_object_wins_and_fires_once() -> None:
     assert timers.pending() == 0
     assert timers.schedule("ml", "iris", 60.0)  # once fired, a new one may be set
     assert timers.schedule("ml", "other", 60.0) and timers.pending() == 2
+
+
+def test_the_child_watches_are_filtered_by_the_api_server() -> None:
+    import kopf
+
+    from slipway.engine import handlers
+
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings=settings)
+    selectors = {(key.group, key.version, key.any_name): value
+                 for key, value in settings.watching.label_selectors.items()}
+    assert selectors == {resource: "app.kubernetes.io/managed-by=slipway"
+                         for resource in handlers.CHILD_RESOURCES}

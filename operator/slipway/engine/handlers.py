@@ -33,6 +33,8 @@ from slipway.engine import controller, metrics, verifier
 from slipway.logic import render
 
 MANAGED = {render.LABEL_MANAGED_BY: render.MANAGER}
+MANAGED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGER}"
+CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "pods"))
 KOPF_PREFIX = "kopf.slipway.dev"
 COALESCER = controller.Coalescer()
 log = logging.getLogger("slipway")
@@ -76,11 +78,18 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=KOPF_PREFIX, key="last-handled-configuration")
     settings.persistence.finalizer = "slipway.dev/finalizer"
     settings.posting.level = logging.WARNING
+    # Server-side label selectors: the API server sends only Slipway's own children and pods,
+    # so unrelated Deployments, Services and pods cost the operator nothing (the handlers'
+    # labels= filter alone is applied after every object of the kind has been received).
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = MANAGED_SELECTOR
     settings.watching.server_timeout = WATCH_TIMEOUT
     settings.watching.client_timeout = WATCH_TIMEOUT + 30
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = MAX_WORKERS
-    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    # kopf 1.45 renamed "batching" to "queueing" (the old name warns); 1.44 has only the old.
+    queueing = getattr(settings, "queueing", None) or settings.batching
+    queueing.error_delays = [1, 2, 5, 10, 30, 60]
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     settings.peering.standalone = True
