@@ -411,6 +411,7 @@ _EMPTY_REGISTRY: referencing.Registry[Any] = referencing.Registry()
 
 
 _GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+_EVALUATORS = ("jsonschema", "referencing", "rpds", __name__)  # the code a budget may stop
 
 
 class Budget:
@@ -440,10 +441,13 @@ class Budget:
             calls += 1
             if exceeded or (calls % 32 == 0 and time.thread_time() > limit):
                 exceeded = True
-                # Raised in plain function calls only: in a generator's frame it may be the
-                # generator being closed, where Python ignores (and prints) the exception. From
-                # then on every such call raises, and the block's end raises too.
-                if not frame.f_code.co_flags & _GENERATOR_FLAGS:
+                # Raised in the evaluator's own plain function calls only: a generator's frame
+                # may be one being closed, and other code (a finaliser the garbage collector
+                # runs meanwhile) is not ours to interrupt; Python would ignore and print the
+                # exception there. From then on every such call raises, and the block's end
+                # raises too.
+                if not frame.f_code.co_flags & _GENERATOR_FLAGS and \
+                        str(frame.f_globals.get("__name__", "")).startswith(_EVALUATORS):
                     raise BudgetExceeded
             return None
 
