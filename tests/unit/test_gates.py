@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -120,11 +119,13 @@ def test_the_verdict_message_records_generation_and_restarts() -> None:
     cond = {"message": message}
     assert (gates.gate_generation(cond), gates.gate_restarts(cond)) == (9, 2)
     assert gates.gate_generation({"message": "generation x: no"}) is None
+    assert gates.gate_detail(cond) == "3 of 3 smoke tests passed"
+    assert gates.gate_detail({"message": "generation x: no"}) == "generation x: no"
 
 
 def test_every_rendered_pod_template_carries_the_gate() -> None:
     spec = validation.parse_spec(yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())["spec"])
     rendered = render.render(spec, META)
-    template = copy.deepcopy(rendered.deployment["spec"]["template"])
+    template = rendered.deployment["spec"]["template"]
     assert template["spec"]["readinessGates"] == [{"conditionType": gates.GATE}]
-    assert gates.template_is_gated(template)
+    assert gates.is_gated(template)

@@ -759,14 +759,14 @@ class Reconciler:
     # Readiness gates: every pod is tested on its own before it gets traffic
 
     def _gate_revisions(self, spec: models.ModelDeploymentSpec, target: Target | None,
-                        observed: lifecycle.Observed, recorded: lifecycle.Recorded
+                        observed: lifecycle.Observed, blocked: bool
                         ) -> list[tuple[str, models.ModelDeploymentSpec]]:
         """The revisions whose pods are tested behind their gates, with the spec that tests
         them: the desired one (unless it failed for this generation: its pods are on their way
         out and get no traffic) and the rollback target (whose pods may restart or be
         replaced while a release rolls out or after a revert)."""
         out: list[tuple[str, models.ModelDeploymentSpec]] = []
-        if not lifecycle.is_blocked(recorded, observed):
+        if not blocked:
             out.append((observed.desired, spec))
         if target is not None and target.revision != observed.desired:
             out.append((target.revision, target.spec))
@@ -780,11 +780,11 @@ class Reconciler:
         generation = observed.generation
         report = GateReport()
         live_units: set[str] = set()
-        for revision, rev_spec in self._gate_revisions(spec, target, observed, recorded):
+        blocked = lifecycle.is_blocked(recorded, observed)
+        for revision, rev_spec in self._gate_revisions(spec, target, observed, blocked):
             census = gates.census(pods, meta, revision, generation)
             # Its pods' verdicts decide a release: the desired revision's until it is
             # verified, the rollback target's while a revert brings it back.
-            blocked = lifecycle.is_blocked(recorded, observed)
             checks = observed.checks if revision == observed.desired else ""
             releasing = not lifecycle.verified(recorded, revision, generation, checks) and (
                 (revision == observed.desired and not blocked)
@@ -799,7 +799,7 @@ class Reconciler:
                     outcome = "Error" if gate.get("reason") == gates.NOT_RUN else "Failed"
                     report.pod_verdict = lifecycle.SmokeResult(
                         revision, outcome,  # type: ignore[arg-type]
-                        f"pod {pod['metadata']['name']}: {_after_prefix(gate.get('message'))}",
+                        f"pod {pod['metadata']['name']}: {gates.gate_detail(gate)}",
                         reason=lifecycle.PREDICTIONS_DISAGREE
                         if gate.get("reason") == gates.DISAGREE else "")
             verified = set(census.names("verified"))
@@ -985,13 +985,6 @@ class Reconciler:
                                                   revision=target.revision)
             kube.apply_deployment(deployment, self.deployment)
         kube.apply_service(rendered.service, self.service)
-
-
-def _after_prefix(message: Any) -> str:
-    """A gate message without its "generation N, restarts M: " prefix."""
-    text = str(message or "")
-    head, sep, tail = text.partition(": ")
-    return tail if sep and head.startswith("generation ") else text
 
 
 def reconcile(body: dict[str, Any], post: EventSink,

@@ -45,17 +45,9 @@ State = Literal["test", "close", "verified", "earlier", "failed", "waiting"]
 _GENERATION = re.compile(r"^generation ([0-9]{1,18}), restarts ([0-9]{1,9}): ")
 
 
-def readiness_gates() -> list[dict[str, str]]:
-    return [{"conditionType": GATE}]
-
-
 def is_gated(pod: dict[str, Any]) -> bool:
     return any(gate.get("conditionType") == GATE
                for gate in (pod.get("spec") or {}).get("readinessGates") or [])
-
-
-def template_is_gated(template: dict[str, Any]) -> bool:
-    return is_gated(template)
 
 
 def gate_condition(pod: dict[str, Any]) -> dict[str, Any] | None:
@@ -72,6 +64,13 @@ def gate_restarts(condition: dict[str, Any] | None) -> int | None:
     """The pod's container restarts when the gate opened (None: not said)."""
     match = _GENERATION.match(str((condition or {}).get("message") or ""))
     return int(match.group(2)) if match else None
+
+
+def gate_detail(condition: dict[str, Any] | None) -> str:
+    """The gate's message without its "generation N, restarts M: " prefix."""
+    message = str((condition or {}).get("message") or "")
+    match = _GENERATION.match(message)
+    return message[match.end():] if match else message
 
 
 def restarts(pod: dict[str, Any]) -> int:
