@@ -433,12 +433,14 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
 
 
 def run_operator(state: ClusterState, log: pathlib.Path,
-                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                 env: dict[str, str] | None = None,
+                 metrics_port: int = 0) -> subprocess.Popen[bytes]:
     """``slipway run`` against this cluster with its admin credentials, logging to ``log``
     (the benchmarks' operator; the tests run it as its own ServiceAccount)."""
     with open(log, "ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "slipway.cli", "run", "--liveness", ""],
+            [sys.executable, "-m", "slipway.cli", "run", "--liveness", "",
+             "--metrics-port", str(metrics_port)],
             env={"KUBECONFIG": state.kubeconfig, "PATH": "/usr/bin:/bin", **(env or {})},
             stdout=out, stderr=subprocess.STDOUT)
 

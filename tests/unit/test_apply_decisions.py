@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from slipway.clients import kube
+from slipway.clients import cache, kube
 from slipway.engine import controller
 from slipway.logic import lifecycle, render, rollout
 from tests.conftest import EXAMPLES
@@ -196,29 +196,47 @@ def test_a_stall_after_a_status_written_mid_reconcile_is_not_a_new_cause() -> No
 def controller_revision(name: str, revision: str, *, verified: bool, number: int,
                         uid: str = "md-uid") -> dict:
     spec = yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())["spec"]
-    labels = {"slipway.dev/revision": revision}
+    labels = {"slipway.dev/revision": revision, render.LABEL_OWNER: "iris",
+              render.LABEL_MANAGED_BY: render.MANAGER}
     if verified:
         labels[controller.VERIFIED_LABEL] = "true"
-    return {"metadata": {"name": name, "uid": f"cr-{name}", "labels": labels,
+    return {"metadata": {"name": name, "namespace": "ns", "uid": f"cr-{name}",
+                         "resourceVersion": str(number), "labels": labels,
                          "ownerReferences": [{"uid": uid, "controller": True}]},
             "revision": number, "data": {"spec": spec, "podTemplate": {}, "generation": 1}}
 
 
+class Revisions:
+    """ControllerRevisions as the watch put them in the informer cache."""
+
+    def __init__(self, store: cache.Store) -> None:
+        self.store = store
+
+    def __iadd__(self, items: list[dict]) -> Revisions:
+        for item in items:
+            self.store.put(cache.CONTROLLER_REVISION, item)
+        return self
+
+    def append(self, item: dict) -> None:
+        self.store.put(cache.CONTROLLER_REVISION, item)
+
+    def replace(self, items: list[dict]) -> None:
+        self.store.clear()
+        self += items
+
+
 @pytest.fixture
-def revisions(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    stored: list[dict] = []
-    monkeypatch.setattr(kube, "read_controller_revision",
-                        lambda ns, name: next((cr for cr in stored
-                                               if cr["metadata"]["name"] == name), None))
-    monkeypatch.setattr(kube, "list_controller_revisions", lambda ns, owner: list(stored))
-    return stored
+def revisions(monkeypatch: pytest.MonkeyPatch) -> Revisions:
+    store = cache.Store()
+    monkeypatch.setattr(cache, "STORE", store)
+    return Revisions(store)
 
 
 META = render.Meta(name="iris", namespace="ns", uid="md-uid", generation=2)
 
 
 def test_a_lost_target_falls_back_only_to_a_revision_recorded_as_verified(
-        revisions: list[dict]) -> None:
+        revisions: Revisions) -> None:
     # An older verified one, then one created before its verdict was recorded (an older
     # operator could leave that behind after a crash): the fallback is the verified one.
     revisions += [controller_revision("iris-old", "old", verified=True, number=1),
@@ -230,16 +248,16 @@ def test_a_lost_target_falls_back_only_to_a_revision_recorded_as_verified(
                                                         "outcome": "Verified"}]})
     assert target is not None and target.revision == "new"
     # Nothing recorded as verified: no target at all, rather than an unverified one.
-    revisions[:] = [controller_revision("iris-new", "new", verified=False, number=2)]
+    revisions.replace([controller_revision("iris-new", "new", verified=False, number=2)])
     assert controller.load_target(META, {}) is None
 
 
-def test_a_revision_owned_by_another_object_is_never_a_target(revisions: list[dict]) -> None:
+def test_a_revision_owned_by_another_object_is_never_a_target(revisions: Revisions) -> None:
     revisions.append(controller_revision("iris-x", "x", verified=True, number=1, uid="other"))
     assert controller.load_target(META, {}) is None
 
 
-def test_the_recorded_target_is_read_by_name(revisions: list[dict]) -> None:
+def test_the_recorded_target_is_read_by_name(revisions: Revisions) -> None:
     revisions += [controller_revision("iris-a", "a", verified=True, number=1),
                   controller_revision("iris-b", "b", verified=True, number=2)]
     target = controller.load_target(META, {"rollbackTarget": {"revision": "a",

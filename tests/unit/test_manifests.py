@@ -47,7 +47,7 @@ NAMESPACED_RULES = {
     ("slipway.dev", "modeldeployments/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
-    ("apps", "controllerrevisions"): {"get", "list", "create", "patch", "delete"},
+    ("apps", "controllerrevisions"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
     ("", "pods/status"): {"patch"},  # the readiness gate of each pod, and nothing else
     ("discovery.k8s.io", "endpointslices"): {"list"},

@@ -12,12 +12,14 @@ transient besides 5xx/409/429 answers.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
 import json
 import os
 import threading
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +28,7 @@ import urllib3
 from kubernetes.client.rest import ApiException
 
 from slipway.api import models
+from slipway.clients import cache
 from slipway.logic import render
 
 FIELD_MANAGER = "slipway"
@@ -68,10 +71,47 @@ def _with_default_timeout(rest: Any) -> None:
 
     def timed(method: str, url: str, headers: Any = None, body: Any = None,
               post_params: Any = None, _request_timeout: Any = None) -> Any:
+        count_request(method, url)
         return request(method, url, headers=headers, body=body, post_params=post_params,
                        _request_timeout=_request_timeout or REQUEST_TIMEOUT)
 
     rest.request = timed
+
+
+# Requests this process made, by (verb, resource): what a benchmark and the metrics show.
+REQUESTS: collections.Counter[tuple[str, str]] = collections.Counter()
+_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def request_kind(method: str, url: str) -> tuple[str, str]:
+    """(verb, resource) of a request, as the API server's audit log names them: get/list/
+    create/patch/update/delete; "pods/status" for a subresource."""
+    parts = [part for part in urllib.parse.urlsplit(url).path.split("/") if part]
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]
+    else:
+        return (method.lower(), "/".join(parts[:2]) or "/")
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]
+    resource = rest[0] if rest else "namespaces"
+    named = len(rest) >= 2
+    if len(rest) >= 3:
+        resource = f"{resource}/{rest[2]}"
+    verb = _VERBS.get(method.upper()) or ("get" if named else "list")
+    return verb, resource
+
+
+def count_request(method: str, url: str) -> None:
+    key = request_kind(method, url)
+    with _lock:
+        REQUESTS[key] += 1
+
+
+def requests_made() -> dict[tuple[str, str], int]:
+    with _lock:
+        return dict(REQUESTS)
 
 
 def core() -> kubernetes.client.CoreV1Api:
@@ -193,12 +233,33 @@ def _or_none(read: Callable[[], Any]) -> dict[str, Any] | None:
         raise
 
 
+def _managed(body: dict[str, Any] | None) -> bool:
+    labels = ((body or {}).get("metadata") or {}).get("labels") or {}
+    return labels.get(render.LABEL_MANAGED_BY) == render.MANAGER
+
+
+def remember(kind: str, namespace: str, name: str, body: dict[str, Any] | None) -> None:
+    """Put what the API server just said into the cache (write-through), as the watch would:
+    a child only if it carries Slipway's label (the watch sees no other; a stranger's object
+    of that name is never cached, so the next look at it is fresh too)."""
+    if body is None or (kind != cache.MODEL_DEPLOYMENT and not _managed(body)):
+        cache.STORE.delete(kind, namespace, name)
+    else:
+        cache.STORE.put(kind, body)
+
+
 def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
-    return _or_none(lambda: apps().read_namespaced_deployment(name, namespace))
+    """A fresh read (the cache is filled as well)."""
+    body = _or_none(lambda: apps().read_namespaced_deployment(name, namespace))
+    remember(cache.DEPLOYMENT, namespace, name, body)
+    return body
 
 
 def read_service(namespace: str, name: str) -> dict[str, Any] | None:
-    return _or_none(lambda: core().read_namespaced_service(name, namespace))
+    """A fresh read (the cache is filled as well)."""
+    body = _or_none(lambda: core().read_namespaced_service(name, namespace))
+    remember(cache.SERVICE, namespace, name, body)
+    return body
 
 
 def _apply(kind: str, desired: dict[str, Any], live: dict[str, Any] | None) -> str:
@@ -214,10 +275,12 @@ def _apply(kind: str, desired: dict[str, Any], live: dict[str, Any] | None) -> s
         recheck_owner_before_adopting(desired, live)
     kwargs: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
                               "_content_type": "application/apply-patch+yaml"}
+    answer: Any
     if kind == "Deployment":
-        apps().patch_namespaced_deployment(name, namespace, body, **kwargs)
+        answer = apps().patch_namespaced_deployment(name, namespace, body, **kwargs)
     else:
-        core().patch_namespaced_service(name, namespace, body, **kwargs)
+        answer = core().patch_namespaced_service(name, namespace, body, **kwargs)
+    remember(kind, namespace, name, dict(_sanitize(answer) or {}) or None)
     return "created" if live is None else "updated"
 
 
@@ -235,16 +298,28 @@ def apply_service(desired: dict[str, Any], live: dict[str, Any] | None) -> str:
 
 
 def read_model_deployment(namespace: str, name: str) -> dict[str, Any] | None:
-    return _or_none(lambda: custom().get_namespaced_custom_object(
+    """A fresh read (the cache is filled as well)."""
+    body = _or_none(lambda: custom().get_namespaced_custom_object(
         models.GROUP, models.VERSION, namespace, models.PLURAL, name))
+    remember(cache.MODEL_DEPLOYMENT, namespace, name, body)
+    return body
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> str | None:
     """Merge-patch ``status`` (lists such as conditions are replaced whole); the object's
-    resourceVersion after the write."""
-    answer = custom().patch_namespaced_custom_object_status(
-        models.GROUP, models.VERSION, namespace, models.PLURAL, name, {"status": status})
-    version = ((_sanitize(answer) or {}).get("metadata") or {}).get("resourceVersion")
+    resourceVersion after the write (the answer goes into the cache)."""
+    try:
+        answer = dict(_sanitize(custom().patch_namespaced_custom_object_status(
+            models.GROUP, models.VERSION, namespace, models.PLURAL, name, {"status": status}))
+            or {})
+    except ApiException as error:
+        if error.status == 404:
+            cache.STORE.delete(cache.MODEL_DEPLOYMENT, namespace, name)
+            raise OwnerGone(f"ModelDeployment {namespace}/{name} is gone") from error
+        raise
+    if answer:
+        remember(cache.MODEL_DEPLOYMENT, namespace, name, answer)
+    version = (answer.get("metadata") or {}).get("resourceVersion")
     return str(version) if version else None
 
 
@@ -263,12 +338,15 @@ def patch_pod_status(namespace: str, name: str, body: dict[str, Any]) -> bool:
     ``body`` change). False when the pod is gone, or is another pod of that name now (the uid
     in ``body`` is a precondition)."""
     try:
-        core().patch_namespaced_pod_status(
+        answer = core().patch_namespaced_pod_status(
             name, namespace, body, _content_type="application/strategic-merge-patch+json")
     except ApiException as error:
+        if error.status == 404:
+            cache.STORE.delete(cache.POD, namespace, name)
         if error.status in (404, 409):
             return False
         raise
+    remember(cache.POD, namespace, name, dict(_sanitize(answer) or {}) or None)
     return True
 
 
@@ -284,7 +362,10 @@ def list_endpoint_slices(namespace: str, service: str) -> list[dict[str, Any]]:
 
 
 def read_controller_revision(namespace: str, name: str) -> dict[str, Any] | None:
-    return _or_none(lambda: apps().read_namespaced_controller_revision(name, namespace))
+    """A fresh read (the cache is filled as well)."""
+    body = _or_none(lambda: apps().read_namespaced_controller_revision(name, namespace))
+    remember(cache.CONTROLLER_REVISION, namespace, name, body)
+    return body
 
 
 def list_controller_revisions(namespace: str, owner: str) -> list[dict[str, Any]]:
@@ -313,7 +394,9 @@ def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:
     if 200 <= response.status < 300:
         if not response.data:
             raise ApiException(status=response.status, reason="created, but the answer had no body")
-        return dict(json.loads(response.data))
+        created = dict(json.loads(response.data))
+        remember(cache.CONTROLLER_REVISION, meta["namespace"], meta["name"], created)
+        return created
     if response.status != 409:
         raise ApiException(status=response.status, reason=response.reason,
                            http_resp=response)
@@ -327,6 +410,7 @@ def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:
         recheck_owner_before_adopting(body, existing)
         existing = _sanitize(apps().patch_namespaced_controller_revision(
             meta["name"], meta["namespace"], {"metadata": {"ownerReferences": want}}))
+        remember(cache.CONTROLLER_REVISION, meta["namespace"], meta["name"], existing)
     elif want and not any(ref.get("uid") == want[0]["uid"] for ref in owners):
         raise ChildConflict(f"ControllerRevision {meta['name']} belongs to another owner; "
                             "delete it so that Slipway can record its rollback target")
@@ -339,6 +423,7 @@ def delete_controller_revision(namespace: str, name: str) -> None:
     except ApiException as error:
         if error.status != 404:
             raise
+    cache.STORE.delete(cache.CONTROLLER_REVISION, namespace, name)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from slipway.api import models, validation
-from slipway.clients import kube, smoke
+from slipway.clients import cache, kube, smoke
 from slipway.engine import metrics, verifier
 from slipway.logic import conditions, gates, lifecycle, render, rollout, targets
 
@@ -53,6 +53,11 @@ class Outcome:
 
 class Retry(Exception):
     """A transient failure: the API was not reachable or answered 5xx/409/429."""
+
+
+class Stale(Exception):
+    """The ModelDeployment changed since the cached copy this reconcile went by (found by the
+    fresh read before a verdict): reconcile again, from the fresh copy now in the cache."""
 
 
 EventSink = Callable[[Event], None]
@@ -104,7 +109,8 @@ def _is_transient(error: ApiException) -> bool:
 
 
 def read_fresh(namespace: str, name: str) -> dict[str, Any] | None:
-    """The ModelDeployment as the API server has it now (None: gone); Retry when unreachable."""
+    """The ModelDeployment as the API server has it now (None: gone); Retry when unreachable.
+    (The cache is filled with it too.)"""
     try:
         return kube.read_model_deployment(namespace, name)
     except kube.TRANSPORT_ERRORS as error:
@@ -268,6 +274,20 @@ def _verified_revisions(status: dict[str, Any]) -> set[str]:
     return out
 
 
+def cached_revisions(meta: render.Meta) -> list[dict[str, Any]]:
+    """The ControllerRevisions labelled as this object's, oldest first, from the cache (their
+    watch is filtered to Slipway's label, as the children's are)."""
+    items = cache.STORE.owned(cache.CONTROLLER_REVISION, meta.namespace, meta.name)
+    return sorted(items, key=lambda item: int(item.get("revision") or 0))
+
+
+def read_revision(namespace: str, name: str) -> dict[str, Any] | None:
+    """A rollback target's ControllerRevision: from the cache (its watch keeps it, and sees
+    it deleted), fresh only when the cache has not got it."""
+    body = cache.STORE.get(cache.CONTROLLER_REVISION, namespace, name)
+    return body if body is not None else kube.read_controller_revision(namespace, name)
+
+
 def load_target(meta: render.Meta, status: dict[str, Any]) -> Target | None:
     """The recorded target; if status lost it, the newest ControllerRevision we own that was
     recorded as verified: it carries the verified label (created only after the verdict was in
@@ -275,10 +295,10 @@ def load_target(meta: render.Meta, status: dict[str, Any]) -> Target | None:
     recorded = status.get("rollbackTarget") or {}
     body = None
     if recorded.get("controllerRevision"):
-        body = kube.read_controller_revision(meta.namespace, recorded["controllerRevision"])
+        body = read_revision(meta.namespace, recorded["controllerRevision"])
     if body is None:
         verified = _verified_revisions(status)
-        owned = [cr for cr in kube.list_controller_revisions(meta.namespace, meta.name)
+        owned = [cr for cr in cached_revisions(meta)
                  if any(ref.get("uid") == meta.uid
                         for ref in cr["metadata"].get("ownerReferences") or [])
                  and ((cr["metadata"].get("labels") or {}).get(VERIFIED_LABEL) == "true"
@@ -329,7 +349,7 @@ def store_target(meta: render.Meta, spec: models.ModelDeploymentSpec,
                  rendered: render.Rendered, record: dict[str, Any]) -> None:
     """Create the ControllerRevision that ``record`` names (idempotent), then prune the oldest
     beyond the history limit. Called only once status holds the verdict."""
-    existing = kube.list_controller_revisions(meta.namespace, meta.name)
+    existing = cached_revisions(meta)
     number = max((int(cr.get("revision") or 0) for cr in existing), default=0) + 1
     name = record["controllerRevision"]
     body = {
@@ -503,6 +523,9 @@ class Reconciler:
         self.conflict_recheck = conflict_recheck
         self.meta = render.Meta.from_body(body)
         self.written = dict(body.get("status") or {})
+        # The object's resourceVersion as of what this reconcile knows: the copy it started
+        # from, then the answer to each of its own status writes.
+        self.version = str((body.get("metadata") or {}).get("resourceVersion") or "")
         self.post = post
         self.write_status = write_status
         self.verifications = verifications or VERIFIER
@@ -514,8 +537,23 @@ class Reconciler:
     def write(self, status: dict[str, Any]) -> None:
         patch = status_patch(self.written, status)
         if patch:
-            self.write_status(self.meta.namespace, self.meta.name, patch)
+            version = self.write_status(self.meta.namespace, self.meta.name, patch)
+            if isinstance(version, str):
+                self.version = version
             self.written = status
+
+    def confirm_fresh(self) -> None:
+        """A fresh read, before a verdict is recorded: the verdict must be about the
+        generation the API server holds now, decided on the status it holds now. Stale when
+        anything changed since this reconcile's copy (it starts again from the fresh one)."""
+        fresh = kube.read_model_deployment(self.meta.namespace, self.meta.name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp") or \
+                fresh["metadata"].get("uid") != self.meta.uid:
+            raise kube.OwnerGone(f"{self.meta.name} is gone or being deleted")
+        version = str(fresh["metadata"].get("resourceVersion") or "")
+        if version != self.version:
+            raise Stale(f"{self.meta.name} changed (resourceVersion {self.version} → {version})"
+                        " while a verdict was being decided")
 
     def emit(self, events: list[Event]) -> None:
         for event in events:
@@ -573,8 +611,16 @@ class Reconciler:
                  ) -> tuple[lifecycle.Observed, rollout.RolloutStatus | None,
                             list[dict[str, Any]], float | None]:
         meta = self.meta
-        deployment = self.deployment = kube.read_deployment(meta.namespace, meta.name)
-        service = self.service = kube.read_service(meta.namespace, meta.name)
+        # From the cache; a fresh read only while a child is not there: before creating it or
+        # adopting what holds its name (a stranger's object carries none of Slipway's labels,
+        # and the watch never delivers it).
+        deployment = cache.STORE.get(cache.DEPLOYMENT, meta.namespace, meta.name)
+        if deployment is None:
+            deployment = kube.read_deployment(meta.namespace, meta.name)
+        service = cache.STORE.get(cache.SERVICE, meta.namespace, meta.name)
+        if service is None:
+            service = kube.read_service(meta.namespace, meta.name)
+        self.deployment, self.service = deployment, service
         # Fail before deciding or writing anything when a child's name is a stranger's: a
         # status written first (Progressing) and the conflict after would flap the conditions
         # and post a Warning on every reconcile.
@@ -588,7 +634,10 @@ class Reconciler:
             live_revision = ((deployment["spec"]["template"].get("metadata") or {})
                              .get("labels") or {}).get(render.LABEL_REVISION)
             state = rollout.deployment_rollout_status(deployment)
-            pods = kube.list_pods(meta.namespace, render.selector_labels(meta))
+            selector = render.selector_labels(meta).items()
+            pods = [pod for pod in cache.STORE.owned(cache.POD, meta.namespace, meta.name)
+                    if all(((pod["metadata"].get("labels") or {}).get(key)) == value
+                           for key, value in selector)]
         check = lifecycle.check_pods(pods, live_revision or "", time.time())
         annotations = (self.body.get("metadata") or {}).get("annotations") or {}
         observed = lifecycle.Observed(
@@ -724,6 +773,9 @@ class Reconciler:
                                                               generation)
         status = _with_history(status, decision.events, observed, spec, target)
 
+        if record is not None or any(event.reason in _HISTORY_REASONS
+                                     for event in decision.events):
+            self.confirm_fresh()
         # Record first, then act: a restart after this point finds the decision and repeats
         # only idempotent applies (and creates the target's ControllerRevision if it is missing).
         self.write(status)

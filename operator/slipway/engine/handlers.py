@@ -28,13 +28,13 @@ from typing import Any, cast
 import kopf
 
 from slipway.api import models
-from slipway.clients import kube
+from slipway.clients import cache, kube
 from slipway.engine import controller, metrics, verifier
 from slipway.logic import render
 
-MANAGED = {render.LABEL_MANAGED_BY: render.MANAGER}
 MANAGED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGER}"
-CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "pods"))
+CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "pods"),
+                   ("apps", "v1", "controllerrevisions"))
 KOPF_PREFIX = "kopf.slipway.dev"
 COALESCER = controller.Coalescer()
 log = logging.getLogger("slipway")
@@ -42,6 +42,10 @@ RETRY_SECONDS = 5.0
 # A watch event is acted on this long after it arrives: the burst a rollout makes (the
 # Deployment, its pods, the Service, each several times) folds into one reconcile per object.
 SETTLE_SECONDS = 0.25
+# A listing (the start, or a re-list after a watch broke off) is over when no listed object
+# came for this long; what it did not bring back was deleted meanwhile and leaves the cache.
+LISTING_QUIET_SECONDS = 30.0
+STALE_RERUNS = 3  # fresh reads that found a newer copy before a verdict, before a retry
 
 
 def _env_float(name: str, default: float) -> float:
@@ -178,12 +182,13 @@ class OwnWrites:
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, str], collections.deque[str]] = {}
 
-    def write(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    def write(self, namespace: str, name: str, patch: dict[str, Any]) -> str | None:
         version = kube.patch_status(namespace, name, patch)
         if version:
             with self._lock:
                 self._versions.setdefault((namespace, name),
                                           collections.deque(maxlen=self.KEPT)).append(version)
+        return version
 
     def is_echo(self, namespace: str, name: str, version: str | None) -> bool:
         with self._lock:
@@ -202,10 +207,26 @@ def reconcile(namespace: str, name: str) -> None:
     errors: list[BaseException] = []
 
     def once() -> None:
+        for _ in range(STALE_RERUNS):
+            try:
+                if not attempt():
+                    return
+            except controller.Stale as error:
+                log.info("%s/%s: %s; reconciling again from the fresh copy", namespace, name,
+                         error)
+        errors.append(controller.Retry(f"{namespace}/{name} kept changing while a verdict "
+                                       "was being decided"))
+
+    def attempt() -> bool:
+        """One reconcile; raises Stale to be run again."""
         try:
-            body = controller.read_fresh(namespace, name)
+            # From the cache (the watches keep it); fresh only when the cache has not got it
+            # (a look scheduled before the watch listed it, or after it was swept).
+            body = cache.STORE.get(cache.MODEL_DEPLOYMENT, namespace, name)
+            if body is None:
+                body = controller.read_fresh(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
-                return
+                return False
 
             def post(event: controller.Event) -> None:
                 kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
@@ -216,10 +237,15 @@ def reconcile(namespace: str, name: str) -> None:
             outcome = controller.reconcile(
                 body, post, OWN_WRITES.write, conflict_recheck=CONFLICT_RECHECK,
                 on_verdict=lambda: _schedule(namespace, name, 0))
+        except controller.Stale:
+            metrics.RECONCILES.labels("stale").inc()
+            raise
+        except kube.OwnerGone:
+            return False  # deleted while we looked
         except controller.Retry as error:
             metrics.RECONCILES.labels("retry").inc()
             errors.append(error)
-            return
+            return False
         except Exception:
             metrics.RECONCILES.labels("error").inc()
             raise
@@ -227,10 +253,99 @@ def reconcile(namespace: str, name: str) -> None:
         metrics.set_phase(namespace, name, outcome.status.get("phase"))
         if outcome.requeue_after is not None:
             _schedule(namespace, name, outcome.requeue_after)
+        return False
 
     COALESCER.run((namespace, name), once)
     if errors:
         raise kopf.TemporaryError(str(errors[-1]), delay=RETRY_SECONDS)
+
+
+class Listings:
+    """Sweeps the cache of one kind once a listing of it is over (LISTING_QUIET_SECONDS
+    without a listed object)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._timers: dict[str, threading.Timer] = {}
+
+    def listed(self, kind: str) -> None:
+        with self._lock:
+            timer = self._timers.pop(kind, None)
+            if timer is not None:
+                timer.cancel()
+            timer = threading.Timer(LISTING_QUIET_SECONDS, self._sweep, args=(kind,))
+            timer.daemon = True
+            self._timers[kind] = timer
+        timer.start()
+
+    def _sweep(self, kind: str) -> None:
+        gone = cache.STORE.sweep(kind)
+        if gone:
+            log.info("cache: %d %s(s) were deleted while a watch was down: %s", len(gone), kind,
+                     ", ".join(f"{ns}/{name}" for ns, name, _ in gone[:10]))
+        for namespace, name, owner in gone:
+            if kind == cache.MODEL_DEPLOYMENT:
+                _forget(namespace, name)
+            elif owner:
+                _schedule(namespace, owner, SETTLE_SECONDS)  # a child gone: put it back
+
+
+LISTINGS = Listings()
+
+
+def _is_ours(kind: str, body: Any) -> bool:
+    labels = ((body or {}).get("metadata") or {}).get("labels") or {}
+    return kind == cache.MODEL_DEPLOYMENT or labels.get(render.LABEL_MANAGED_BY) == render.MANAGER
+
+
+def _cache_filler(kind: str) -> Any:
+    """An index handler that keeps each object of ``kind`` in the cache (and nothing in kopf's
+    own index: it returns None). kopf runs index handlers before any other handler, and holds
+    every other handler until the first listing of each indexed kind is indexed, so that no
+    reconcile ever works from a cache that is still filling (a controller's "wait for cache
+    sync")."""
+
+    def fill(body: kopf.Body, **_: Any) -> None:
+        raw = cast(dict[str, Any], dict(body))
+        if _is_ours(kind, raw):
+            cache.STORE.put(kind, raw)
+
+    fill.__name__ = fill.__qualname__ = f"cache_{kind.lower()}s"
+    return fill
+
+
+for _kind, (_group, _version, _plural) in (
+        (cache.MODEL_DEPLOYMENT, (models.GROUP, models.VERSION, models.PLURAL)),
+        (cache.DEPLOYMENT, ("apps", "v1", "deployments")),
+        (cache.SERVICE, ("", "v1", "services")),
+        (cache.POD, ("", "v1", "pods")),
+        (cache.CONTROLLER_REVISION, ("apps", "v1", "controllerrevisions"))):
+    kopf.index(_group, _version, _plural, id=f"cache-{_plural}")(_cache_filler(_kind))
+
+
+def _observe(kind: str, event: kopf.RawEvent) -> dict[str, Any] | None:
+    """Count a watch event; forget what it says was deleted; note a listing (the index
+    handler has already put the object in the cache). The object, or None when it was deleted
+    or is not Slipway's (the server-side selector sends none such)."""
+    body = cast(dict[str, Any], event.get("object") or {})
+    metrics.WATCH_EVENTS.labels(kind).inc()  # every event delivered, before any filter
+    meta = body.get("metadata") or {}
+    if event.get("type") == "DELETED":
+        cache.STORE.delete(kind, str(meta.get("namespace") or ""), str(meta.get("name")),
+                           uid=str(meta.get("uid") or "") or None)
+        return None
+    if not _is_ours(kind, body):
+        return None
+    if event.get("type") is None:  # from a listing: at the start, or after a watch broke
+        cache.STORE.put(kind, body, listed=True)
+        LISTINGS.listed(kind)
+    return body
+
+
+def _forget(namespace: str, name: str) -> None:
+    metrics.forget(namespace, name)
+    controller.VERIFIER.keep_only(namespace, name, None)
+    OWN_WRITES.forget(namespace, name)
 
 
 @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
@@ -239,10 +354,8 @@ def model_deployment_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> N
     one only drops its metrics and its verification; its children go with the garbage
     collector."""
     namespace, name = str(meta["namespace"]), str(meta["name"])
-    if event.get("type") == "DELETED":
-        metrics.forget(namespace, name)
-        controller.VERIFIER.keep_only(namespace, name, None)
-        OWN_WRITES.forget(namespace, name)
+    if _observe(cache.MODEL_DEPLOYMENT, event) is None:
+        _forget(namespace, name)
         return
     if event.get("type") == "MODIFIED" and OWN_WRITES.is_echo(
             namespace, name, meta.get("resourceVersion")):
@@ -250,13 +363,43 @@ def model_deployment_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> N
     _schedule(namespace, name, SETTLE_SECONDS)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-@kopf.on.event("", "v1", "services", labels=MANAGED)
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
-def child_changed(body: kopf.Body, **_: Any) -> None:
-    """A child or one of its pods changed: re-evaluate the owner (drift, rollout, failures)."""
-    owner = (body.get("metadata", {}).get("labels") or {}).get(render.LABEL_OWNER)
-    namespace = body.get("metadata", {}).get("namespace")
+def _child_changed(kind: str, event: kopf.RawEvent) -> None:
+    """A child or one of its pods changed: keep it, and re-evaluate the owner (drift, rollout,
+    failures)."""
+    meta = cast(dict[str, Any], event.get("object") or {}).get("metadata") or {}
+    _observe(kind, event)
+    if (meta.get("labels") or {}).get(render.LABEL_MANAGED_BY) != render.MANAGER:
+        return  # not Slipway's
+    owner = (meta.get("labels") or {}).get(render.LABEL_OWNER)
+    namespace = meta.get("namespace")
     if not owner or not namespace:
         return
     _schedule(namespace, owner, SETTLE_SECONDS)
+
+
+@kopf.on.event("apps", "v1", "deployments")
+def deployment_changed(event: kopf.RawEvent, **_: Any) -> None:
+    _child_changed(cache.DEPLOYMENT, event)
+
+
+@kopf.on.event("", "v1", "services")
+def service_changed(event: kopf.RawEvent, **_: Any) -> None:
+    _child_changed(cache.SERVICE, event)
+
+
+@kopf.on.event("", "v1", "pods")
+def pod_changed(event: kopf.RawEvent, **_: Any) -> None:
+    _child_changed(cache.POD, event)
+
+
+@kopf.on.event("apps", "v1", "controllerrevisions")
+def revision_changed(event: kopf.RawEvent, **_: Any) -> None:
+    """A rollback target's record: kept in the cache; its owner looks again when it is deleted
+    (to make it again) and not on its creation (made by the owner's own reconcile)."""
+    _observe(cache.CONTROLLER_REVISION, event)
+    meta = cast(dict[str, Any], event.get("object") or {}).get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if event.get("type") == "DELETED" and labels.get(render.LABEL_MANAGED_BY) == render.MANAGER:
+        owner = labels.get(render.LABEL_OWNER)
+        if owner and meta.get("namespace"):
+            _schedule(str(meta["namespace"]), str(owner), SETTLE_SECONDS)

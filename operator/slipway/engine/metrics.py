@@ -8,8 +8,12 @@ process collector), whatever else the Python process imports.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import prometheus_client
-from prometheus_client import core
+from prometheus_client import core, registry
+
+from slipway.clients import cache, kube
 
 REGISTRY = core.CollectorRegistry(auto_describe=True)
 prometheus_client.ProcessCollector(registry=REGISTRY)
@@ -40,6 +44,38 @@ GATES = prometheus_client.Counter(
     "Readiness-gate writes: opened after a pod passed (open), or closed by reason "
     "(SmokeTestsFailed, SmokeTestsNotRun, ContainerRestarted).",
     ["result"], registry=REGISTRY)
+WATCH_EVENTS = prometheus_client.Counter(
+    "slipway_watch_events_total",
+    "Watch events delivered to the operator, by kind (ModelDeployment, Deployment, Service, "
+    "Pod): with server-side selectors, only Slipway's own objects.",
+    ["kind"], registry=REGISTRY)
+
+
+class _Collector(registry.Collector):
+    """Series read at scrape time: API requests this process made, objects in the cache."""
+
+    def collect(self) -> Iterator[core.Metric]:
+        requests = core.CounterMetricFamily(
+            "slipway_api_requests", "Requests the reconciles made to the API server, by verb "
+            "and resource (kopf's watches and Events not included).", labels=["verb", "resource"])
+        for (verb, resource), count in sorted(kube.requests_made().items()):
+            requests.add_metric([verb, resource], count)
+        yield requests
+        objects = core.GaugeMetricFamily("slipway_cache_objects",
+                                         "Objects held in the informer cache, by kind.",
+                                         labels=["kind"])
+        size = core.GaugeMetricFamily("slipway_cache_bytes",
+                                      "Bytes of compact JSON held in the informer cache, by kind.",
+                                      labels=["kind"])
+        for kind, (count, nbytes) in sorted(cache.STORE.counts().items()):
+            objects.add_metric([kind], count)
+            size.add_metric([kind], nbytes)
+        yield objects
+        yield size
+
+
+REGISTRY.register(_Collector())
+
 PHASE = prometheus_client.Gauge(
     "slipway_model_deployment_phase",
     "1 for the phase each ModelDeployment is in, 0 for the others.",

@@ -1,0 +1,450 @@
+"""Benchmark: Slipway at scale, side by side with the API server's own floor, in one run.
+
+Run by hand on the local cluster (not in CI; 1,000 objects take about an hour with the soak):
+
+    .venv/bin/python bench/scale.py [--objects 1000] [--soak-minutes 30] [--churn 500]
+
+It starts its own local cluster (loopback pod network, enough nodes for one pod per object)
+and operator (metrics on, admin credentials, smoke tests through the API server's proxy), then
+prints, each Slipway figure next to its floor:
+
+1. apply → Deployment and Service seen, for one object at a time (p50/p99 over ``--singles``);
+   floor: the same two children created directly with the same client;
+2. ``--objects`` applied at once (``--writers`` threads) → all children seen; floor: the same
+   2 × N children created at once with the same client and threads (replicas 0: the floor is
+   the API server's, not the pods');
+3. time until all N are Ready (every pod verified behind its gate, then the release);
+4. operator RSS at 0, 100 and N objects, and over ``--soak-minutes`` of idle resyncs;
+5. CPU seconds per good rollout (a new model version on ``--rollouts`` objects, 1 replica);
+6. watch events received and API requests made per pod change in that rollout;
+7. the operator's CPU and watch events while ``--churn`` unrelated pods are created and deleted
+   in another namespace, against its CPU over an idle window of the same length.
+
+Times come from watches in this process, so each includes one watch delivery; the floor's do
+too. Progress goes to stderr; the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import copy
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import kubernetes
+import yaml
+from prometheus_client import parser as prometheus_parser
+
+from slipway.api import validation
+from slipway.logic import render
+from slipway_dev import cluster
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NS, FLOOR_NS, CHURN_NS = "scale", "floor", "churn"
+IMAGE = "registry.example.com/slipway/reference-model:1.0.0"
+PODS_PER_NODE = 240  # a node's pod range is a /24
+START = time.monotonic()
+
+
+def say(message: str) -> None:
+    elapsed = time.monotonic() - START
+    print(f"[scale {time.strftime('%H:%M:%S')} +{elapsed / 60:.1f} min] {message}",
+          file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def release(name: str, version: str = "1.0.0") -> dict[str, Any]:
+    doc = copy.deepcopy(yaml.safe_load((ROOT / "examples" / "reference.yaml").read_text()))
+    doc["metadata"] = {"name": name, "namespace": NS}
+    doc["spec"]["replicas"] = 1
+    doc["spec"]["runtime"]["image"] = IMAGE
+    doc["spec"]["runtime"].pop("resources", None)
+    doc["spec"]["model"]["version"] = version
+    doc["spec"]["model"]["uri"] = f"file:///opt/models/iris-classifier/{version}/model.json"
+    for test in doc["spec"]["smokeTests"]:
+        for value in test.get("expect", {}).get("values", []):
+            if value["path"] == "$.model.version":
+                value["equals"] = version
+    # Probes every 10 s (the kubelet's default) rather than the example's 2 s: the node agent
+    # probes every pod of the run on two cores.
+    for probe in ("readiness", "liveness"):
+        doc["spec"]["probes"][probe]["periodSeconds"] = 10
+    return dict(doc)
+
+
+def _relabel(value: Any) -> Any:
+    """Slipway's labels renamed: the floor's objects must not reach the operator's watches."""
+    if isinstance(value, dict):
+        return {(k.replace("slipway.dev/", "floor.example/").replace(
+            "app.kubernetes.io/managed-by", "floor.example/managed-by")
+            if isinstance(k, str) else k): _relabel(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relabel(v) for v in value]
+    return value
+
+
+def floor_children(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Deployment and Service Slipway renders for ``release(name)``, as a stranger's."""
+    spec = validation.parse_spec(release(name)["spec"])
+    rendered = render.render(spec, render.Meta(name=name, namespace=FLOOR_NS))
+    deployment, service = (_relabel(copy.deepcopy(obj)) for obj in
+                           (rendered.deployment, rendered.service))
+    for obj in (deployment, service):
+        obj["metadata"].pop("ownerReferences", None)
+        obj["metadata"]["namespace"] = FLOOR_NS
+    deployment["spec"]["replicas"] = 0
+    deployment["spec"]["template"]["spec"].pop("readinessGates", None)
+    return deployment, service
+
+
+class Seen:
+    """First-seen times of Deployments and Services, and of ModelDeployment phases, by watch."""
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self.api = api
+        self.lock = threading.Lock()
+        self.times: dict[tuple[str, str, str], float] = {}
+        self.pod_changes = 0
+        self.stop = threading.Event()
+
+    def mark(self, key: tuple[str, str, str]) -> None:
+        with self.lock:
+            self.times.setdefault(key, time.monotonic())
+
+    def get(self, key: tuple[str, str, str]) -> float | None:
+        with self.lock:
+            return self.times.get(key)
+
+    def _loop(self, lister: Any, on: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                for event in kubernetes.watch.Watch().stream(lister, timeout_seconds=60,
+                                                             _request_timeout=90):
+                    on(event)
+                    if self.stop.is_set():
+                        return
+            except Exception as error:  # noqa: BLE001 - a broken watch is started again
+                say(f"watch broke ({type(error).__name__}); again")
+                time.sleep(0.5)
+
+    def start(self) -> None:
+        apps = kubernetes.client.AppsV1Api(self.api)
+        core = kubernetes.client.CoreV1Api(self.api)
+        custom = kubernetes.client.CustomObjectsApi(self.api)
+
+        def child(kind: str) -> Any:
+            def on(event: dict[str, Any]) -> None:
+                if event["type"] == "ADDED":
+                    meta = event["object"].metadata
+                    self.mark((meta.namespace, meta.name, kind))
+            return on
+
+        def md(event: dict[str, Any]) -> None:
+            obj = event["object"]
+            status = obj.get("status") or {}
+            if status.get("phase") == "Ready" and \
+                    status.get("observedGeneration") == obj["metadata"].get("generation"):
+                self.mark((NS, obj["metadata"]["name"],
+                           f"ready:{obj['metadata'].get('generation')}"))
+
+        def pods(event: dict[str, Any]) -> None:
+            with self.lock:
+                self.pod_changes += 1
+
+        loops = [
+            (apps.list_deployment_for_all_namespaces, child("deployment")),
+            (core.list_service_for_all_namespaces, child("service")),
+            (lambda **kw: custom.list_namespaced_custom_object(
+                "slipway.dev", "v1alpha1", NS, "modeldeployments", **kw), md),
+            (lambda **kw: core.list_namespaced_pod(NS, **kw), pods),
+        ]
+        for lister, on in loops:
+            threading.Thread(target=self._loop, args=(lister, on), daemon=True).start()
+
+
+class Operator:
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process, self.port = process, port
+        self.ticks = os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        for line in pathlib.Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("operator gone")
+
+    def cpu(self) -> float:
+        fields = pathlib.Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1]
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / self.ticks
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        out = {}
+        for family in prometheus_parser.text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+
+def total(metrics: dict[Any, float], name: str, **match: str) -> float:
+    return sum(v for (n, labels), v in metrics.items() if n == name
+               and all(dict(labels).get(k) == want for k, want in match.items()))
+
+
+def wait(check: Any, timeout: float, what: str, progress: Any = None) -> float:
+    start = time.monotonic()
+    last = 0.0
+    while not check():
+        now = time.monotonic()
+        if now - start > timeout:
+            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+        if progress is not None and now - last > 15:
+            say(f"  waiting for {what}: {progress()} ({now - start:.0f} s)")
+            last = now
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def create_all(jobs: list[Any], writers: int) -> None:
+    with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--singles", type=int, default=20)
+    parser.add_argument("--rollouts", type=int, default=50)
+    parser.add_argument("--churn", type=int, default=500)
+    parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--soak-minutes", type=float, default=30)
+    parser.add_argument("--keep", action="store_true", help="leave the cluster running")
+    args = parser.parse_args()
+    n = args.objects
+    nodes = max(1, math.ceil((n + 10) / PODS_PER_NODE))
+    state_dir = pathlib.Path(tempfile.mkdtemp(prefix="slipway-scale-"))
+    say(f"local cluster with {nodes} node(s), loopback pod network, in {state_dir}")
+    state = cluster.up(state_dir, nodes=nodes, network="loopback",
+                       extra_agent_args=["--max-pods", str(PODS_PER_NODE + 10)])
+    operator_process = None
+    try:
+        cluster.install_crd(state)
+        kubectl = [state.binaries["kubectl"], "--kubeconfig", state.kubeconfig]
+        for ns in (NS, FLOOR_NS, CHURN_NS):
+            subprocess.run([*kubectl, "create", "namespace", ns], check=True,
+                           capture_output=True)
+        port = cluster.free_port()
+        operator_process = cluster.run_operator(state, state_dir / "operator.log",
+                                                metrics_port=port)
+        operator = Operator(operator_process, port)
+        api = kubernetes.config.new_client_from_config(config_file=state.kubeconfig)
+        apps = kubernetes.client.AppsV1Api(api)
+        core = kubernetes.client.CoreV1Api(api)
+        custom = kubernetes.client.CustomObjectsApi(api)
+        seen = Seen(api)
+        seen.start()
+        wait(lambda: _metrics_up(operator), 60, "the operator's metrics")
+        time.sleep(5)
+        rss = {"0": operator.rss_mib()}
+
+        def create_md(body: dict[str, Any]) -> None:
+            custom.create_namespaced_custom_object("slipway.dev", "v1alpha1", NS,
+                                                   "modeldeployments", body)
+
+        def create_floor(name: str) -> None:
+            deployment, service = floor_children(name)
+            apps.create_namespaced_deployment(FLOOR_NS, deployment)
+            core.create_namespaced_service(FLOOR_NS, service)
+
+        def children_seen(ns: str, name: str) -> float | None:
+            times = [seen.get((ns, name, kind)) for kind in ("deployment", "service")]
+            return max(times) if all(times) else None  # type: ignore[type-var]
+
+        # 1. one at a time
+        say(f"1/7 one at a time: {args.singles} floor pairs and {args.singles} releases, "
+            "interleaved")
+        single, single_floor = [], []
+        for i in range(args.singles):
+            name = f"single-{i:02d}"
+            sent = time.monotonic()
+            create_floor(name)
+            wait(lambda: children_seen(FLOOR_NS, name), 30, f"floor children of {name}")
+            single_floor.append(children_seen(FLOOR_NS, name) - sent)  # type: ignore[operator]
+            sent = time.monotonic()
+            create_md(release(name))
+            wait(lambda: children_seen(NS, name), 60, f"children of {name}")
+            single.append(children_seen(NS, name) - sent)  # type: ignore[operator]
+            time.sleep(0.3)
+        for i in range(args.singles):
+            custom.delete_namespaced_custom_object("slipway.dev", "v1alpha1", NS,
+                                                   "modeldeployments", f"single-{i:02d}")
+        subprocess.run([*kubectl, "delete", "deployments,services", "--all", "-n", FLOOR_NS,
+                        "--wait=true"], check=True, capture_output=True)
+        wait(lambda: not apps.list_namespaced_deployment(NS).items, 120,
+             "the single releases' Deployments gone")
+
+        # 2. at once: the floor first, then Slipway
+        say(f"2/7 {n} floor pairs at once ({args.writers} writers)")
+        names = [f"model-{i:04d}" for i in range(n)]
+        sent = time.monotonic()
+        create_all([lambda name=name: create_floor(name) for name in names], args.writers)
+        wait(lambda: all(children_seen(FLOOR_NS, name) for name in names), 600,
+             "all floor children", lambda: f"{sum(1 for m in names if children_seen(FLOOR_NS, m))}/{n}")
+        burst_floor = max(children_seen(FLOOR_NS, name) for name in names) - sent  # type: ignore
+        subprocess.run([*kubectl, "delete", "deployments,services", "--all", "-n", FLOOR_NS,
+                        "--wait=true"], check=True, capture_output=True)
+        time.sleep(5)
+
+        say(f"2/7 {n} ModelDeployments at once ({args.writers} writers)")
+        cpu0 = operator.cpu()
+        sent = time.monotonic()
+        create_all([lambda name=name: create_md(release(name)) for name in names], args.writers)
+        wait(lambda: all(children_seen(NS, name) for name in names), 1200, "all children",
+             lambda: f"{sum(1 for m in names if children_seen(NS, m))}/{n}")
+        burst = max(children_seen(NS, name) for name in names) - sent  # type: ignore
+
+        # 3. Ready
+        say(f"3/7 waiting until all {n} are Ready")
+
+        def ready_count() -> int:
+            return sum(1 for name in names if seen.get((NS, name, "ready:1")))
+
+        wait(lambda: ready_count() >= min(100, n), 3600, "100 Ready",
+             lambda: f"{ready_count()}/{n}")
+        rss["100"] = operator.rss_mib()
+        wait(lambda: ready_count() >= n, 3600, f"all {n} Ready", lambda: f"{ready_count()}/{n}")
+        all_ready = max(seen.get((NS, name, "ready:1")) or 0 for name in names) - sent
+        cpu_first = operator.cpu() - cpu0
+        time.sleep(30)
+        rss[str(n)] = operator.rss_mib()
+
+        # 5. and 6. a good rollout on some of them
+        rolled = names[:args.rollouts]
+        say(f"5/7 a new model version on {len(rolled)} objects")
+        time.sleep(10)
+        before, cpu0 = operator.metrics(), operator.cpu()
+        with seen.lock:
+            pods0 = seen.pod_changes
+        for name in rolled:
+            custom.patch_namespaced_custom_object(
+                "slipway.dev", "v1alpha1", NS, "modeldeployments", name,
+                {"spec": {"model": {"version": "1.0.1"}}})
+        wait(lambda: all(seen.get((NS, name, "ready:2")) for name in rolled), 1800,
+             "the rollouts Ready",
+             lambda: f"{sum(1 for m in rolled if seen.get((NS, m, 'ready:2')))}/{len(rolled)}")
+        time.sleep(10)  # the old pods' last changes
+        after, cpu1 = operator.metrics(), operator.cpu()
+        with seen.lock:
+            pod_changes = seen.pod_changes - pods0
+        per_rollout = (cpu1 - cpu0) / len(rolled)
+        pod_events = total(after, "slipway_watch_events_total", kind="Pod") - \
+            total(before, "slipway_watch_events_total", kind="Pod")
+        requests = {verb: total(after, "slipway_api_requests_total", verb=verb) -
+                    total(before, "slipway_api_requests_total", verb=verb)
+                    for verb in ("get", "list", "create", "patch", "delete")}
+
+        # 7. unrelated churn, against an idle window of the same length
+        say(f"7/7 {args.churn} unrelated pods created and deleted in {CHURN_NS}")
+        before, cpu0 = operator.metrics(), operator.cpu()
+        churn_start = time.monotonic()
+
+        def unrelated(i: int) -> None:
+            core.create_namespaced_pod(CHURN_NS, {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"unrelated-{i:04d}", "labels": {"app": "unrelated"}},
+                "spec": {"nodeSelector": {"nowhere": "true"},
+                         "containers": [{"name": "c", "image": IMAGE}]}})
+
+        create_all([lambda i=i: unrelated(i) for i in range(args.churn)], args.writers)
+        subprocess.run([*kubectl, "delete", "pods", "--all", "-n", CHURN_NS, "--wait=true"],
+                       check=True, capture_output=True)
+        churn_seconds = time.monotonic() - churn_start
+        after, cpu1 = operator.metrics(), operator.cpu()
+        churn_cpu = cpu1 - cpu0
+        churn_events = total(after, "slipway_watch_events_total") - \
+            total(before, "slipway_watch_events_total")
+        cpu0 = operator.cpu()
+        time.sleep(churn_seconds)
+        idle_cpu = operator.cpu() - cpu0
+
+        # 4. the soak
+        soak: list[float] = []
+        minutes = args.soak_minutes
+        if minutes > 0:
+            say(f"4/7 soak: RSS each minute for {minutes:g} min, nothing changing")
+            end = time.monotonic() + minutes * 60
+            while time.monotonic() < end:
+                time.sleep(min(60.0, max(0.0, end - time.monotonic())))
+                soak.append(operator.rss_mib())
+                say(f"  RSS {soak[-1]:.0f} MiB ({len(soak)}/{math.ceil(minutes)} min)")
+        seen.stop.set()
+
+        def ms(values: list[float]) -> str:
+            return f"p50 {statistics.median(values) * 1000:.0f} ms, p99 {pct(values, 0.99) * 1000:.0f} ms"
+
+        print()
+        print(f"Slipway scale benchmark: {n} ModelDeployments, 1 replica each, {nodes} nodes, "
+              "one run; floor = the same children created directly with the same client")
+        print(f"| figure | Slipway | floor | ratio |\n|---|---|---|---|")
+        print(f"| single apply → children (×{args.singles}) | {ms(single)} | {ms(single_floor)} | "
+              f"{statistics.median(single) / statistics.median(single_floor):.2f}× |")
+        print(f"| {n} applied at once → all children | {burst:.1f} s | {burst_floor:.1f} s | "
+              f"{burst / burst_floor:.2f}× |")
+        print(f"| {n} applied at once → all Ready | {all_ready:.1f} s | | |")
+        print(f"| operator CPU, first rollout of all {n} | {cpu_first:.1f} s "
+              f"({cpu_first / n * 1000:.0f} ms each) | | |")
+        print(f"| CPU per good rollout (×{len(rolled)}, 1 replica) | {per_rollout * 1000:.0f} ms | | |")
+        print(f"| pod changes in those rollouts (seen by a watch) | {pod_changes} | | |")
+        print(f"| watch events received per pod change | {pod_events / max(pod_changes, 1):.2f} | | |")
+        print(f"| API requests per pod change: reads (get+list) | "
+              f"{(requests['get'] + requests['list']) / max(pod_changes, 1):.3f} "
+              f"({requests['get']:.0f} get, {requests['list']:.0f} list) | | |")
+        print(f"| API requests per pod change: writes | "
+              f"{(requests['create'] + requests['patch'] + requests['delete']) / max(pod_changes, 1):.3f}"
+              f" ({requests['create']:.0f} create, {requests['patch']:.0f} patch, "
+              f"{requests['delete']:.0f} delete) | | |")
+        print(f"| {args.churn} unrelated pods churned: operator CPU | {churn_cpu:.2f} s "
+              f"in {churn_seconds:.0f} s | {idle_cpu:.2f} s idle | |")
+        print(f"| watch events for the unrelated pods | {churn_events:.0f} | 0 | |")
+        print("| operator RSS | " + ", ".join(f"{v:.0f} MiB at {k}" for k, v in rss.items()) +
+              " | | |")
+        if soak:
+            print(f"| RSS over {minutes:g} min idle | min {min(soak):.0f}, max {max(soak):.0f}, "
+                  f"last {soak[-1]:.0f} MiB ({(max(soak) - min(soak)) / min(soak) * 100:.1f} %) "
+                  "| | |")
+    finally:
+        if operator_process is not None and not args.keep:
+            operator_process.terminate()
+            operator_process.wait(timeout=30)
+        if not args.keep:
+            cluster.down(state_dir, quiet=True)
+
+
+def _metrics_up(operator: Operator) -> bool:
+    try:
+        operator.metrics()
+        return True
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
