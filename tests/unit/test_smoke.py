@@ -872,3 +872,23 @@ def test_agreement_tests_must_name_smoke_tests() -> None:
         models.ModelDeploymentSpec.model_validate({
             **make_spec(setosa()).model_dump(by_alias=True, exclude_none=True, mode="json"),
             "agreement": {"paths": [{"path": "$.predictions"}], "tests": ["nope"]}})
+
+
+def test_tls_contexts_are_made_once_per_ca_bundle_and_again_when_it_changes(tmp_path) -> None:
+    import os
+    import subprocess
+
+    ca = tmp_path / "ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(tmp_path / "ca.key"),
+                    "-out", str(ca), "-subj", "/CN=test-ca", "-days", "1"],
+                   check=True, capture_output=True)
+    settings = smoke.ClientSettings(verify=str(ca))
+    first = smoke._ssl_context(settings, with_cert=False)
+    assert smoke._ssl_context(settings, with_cert=False) is first
+    assert smoke._ssl_context(smoke.ClientSettings(), with_cert=False) is not first
+    assert first.cert_store_stats()["x509_ca"] == 1
+    stat = ca.stat()
+    os.utime(ca, (stat.st_atime, stat.st_mtime + 10))  # rotated (same bytes: a new mtime)
+    again = smoke._ssl_context(settings, with_cert=False)
+    assert again is not first and again.cert_store_stats()["x509_ca"] == 1

@@ -219,3 +219,23 @@ def test_the_child_watches_are_filtered_by_the_api_server() -> None:
                  for key, value in settings.watching.label_selectors.items()}
     assert selectors == {resource: "app.kubernetes.io/managed-by=slipway"
                          for resource in handlers.CHILD_RESOURCES}
+
+
+def test_kopf_keeps_nothing_on_the_objects_and_copies_nothing_per_event() -> None:
+    import kopf
+
+    from slipway.engine import handlers
+
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings=settings)
+    body = kopf.Body({"metadata": {"name": "iris", "annotations": {"a": "b"}},
+                      "spec": {"replicas": 2}})
+    patch = kopf.Patch()
+    diffbase = settings.persistence.diffbase_storage
+    progress = settings.persistence.progress_storage
+    assert diffbase.build(body=body) == {} and diffbase.fetch(body=body) is None
+    diffbase.store(body=body, patch=patch, essence=diffbase.build(body=body))
+    progress.touch(body=body, patch=patch, value="x")
+    progress.store(key=kopf.HandlerId("h"), record={"started": "now"}, body=body, patch=patch)
+    assert progress.fetch(key=kopf.HandlerId("h"), body=body) is None
+    assert not patch, f"kopf would write {dict(patch)} to the object"

@@ -20,7 +20,6 @@ import json
 import os
 import threading
 import urllib.parse
-from collections.abc import Callable
 from typing import Any
 
 import kubernetes
@@ -37,6 +36,7 @@ REQUEST_TIMEOUT = (5.0, 30.0)  # seconds to connect, seconds between bytes of th
 # The connection failed or broke (refused, reset, timed out, TLS): retry later, like a 5xx.
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (urllib3.exceptions.HTTPError,)
 
+POOL_CONNECTIONS = 32
 _lock = threading.Lock()
 
 
@@ -57,6 +57,9 @@ def api_client() -> kubernetes.client.ApiClient:
             kubernetes.config.load_kube_config()
         configuration = kubernetes.client.Configuration.get_default_copy()
         # One quick retry of a failed connection; the caller retries the rest with back-off.
+        # Enough kept-alive connections for the reconcile workers and the fresh reads: beyond
+        # the pool, each request would pay a TLS handshake (on both ends) again.
+        configuration.connection_pool_maxsize = POOL_CONNECTIONS
         configuration.retries = urllib3.Retry(total=1, connect=1, read=0, status=0,
                                               redirect=0, raise_on_status=False)
         client = kubernetes.client.ApiClient(configuration)
@@ -112,22 +115,6 @@ def count_request(method: str, url: str) -> None:
 def requests_made() -> dict[tuple[str, str], int]:
     with _lock:
         return dict(REQUESTS)
-
-
-def core() -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(api_client())
-
-
-def apps() -> kubernetes.client.AppsV1Api:
-    return kubernetes.client.AppsV1Api(api_client())
-
-
-def custom() -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi(api_client())
-
-
-def _sanitize(obj: Any) -> Any:
-    return api_client().sanitize_for_serialization(obj)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,14 +210,54 @@ def recheck_owner_before_adopting(desired: dict[str, Any], live: dict[str, Any])
 # Reading and writing children
 
 
-def _or_none(read: Callable[[], Any]) -> dict[str, Any] | None:
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+def request(method: str, path: str, *, body: Any = None, content_type: str = JSON,
+            query: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """One request to the API server, the JSON answer as a plain dict (None for an empty one);
+    ApiException for an error answer. Straight through the client's REST layer: the generated
+    API methods validate every argument and build typed models, which a reconcile turns back
+    into dicts, for most of its CPU. ``body``: a dict (sent as JSON, which is valid YAML too)
+    or text sent as it is."""
+    client = api_client()
+    quoted = urllib.parse.quote(path)
+    method, url, headers, _, _ = client.param_serialize(
+        method, quoted, query_params=list((query or {}).items()),
+        header_params={"Content-Type": content_type, "Accept": JSON},
+        auth_settings=["BearerToken"])
+    # A dict goes out as JSON (the REST layer encodes it, for YAML content types too); text
+    # goes out as it is.
+    response = client.call_api(method, url, header_params=headers, body=body)
+    response.read()
+    if not 200 <= response.status < 300:
+        raise ApiException(http_resp=response)
+    return dict(json.loads(response.data)) if response.data else None
+
+
+def _get(path: str) -> dict[str, Any] | None:
     """The object as a plain dict, or None when it does not exist."""
     try:
-        return dict(_sanitize(read()))
+        return request("GET", path)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
+
+
+def _items(path: str, selector: str) -> list[dict[str, Any]]:
+    answer = request("GET", path, query={"labelSelector": selector}) or {}
+    return list(answer.get("items") or [])
+
+
+def _namespaced(group_version: str, namespace: str, plural: str, name: str = "",
+                sub: str = "") -> str:
+    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    path = f"{root}/namespaces/{namespace}/{plural}"
+    return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
 def _managed(body: dict[str, Any] | None) -> bool:
@@ -250,14 +277,14 @@ def remember(kind: str, namespace: str, name: str, body: dict[str, Any] | None) 
 
 def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
     """A fresh read (the cache is filled as well)."""
-    body = _or_none(lambda: apps().read_namespaced_deployment(name, namespace))
+    body = _get(_namespaced("apps/v1", namespace, "deployments", name))
     remember(cache.DEPLOYMENT, namespace, name, body)
     return body
 
 
 def read_service(namespace: str, name: str) -> dict[str, Any] | None:
     """A fresh read (the cache is filled as well)."""
-    body = _or_none(lambda: core().read_namespaced_service(name, namespace))
+    body = _get(_namespaced("v1", namespace, "services", name))
     remember(cache.SERVICE, namespace, name, body)
     return body
 
@@ -273,14 +300,11 @@ def _apply(kind: str, desired: dict[str, Any], live: dict[str, Any] | None) -> s
         if not needs_write(body, live):
             return "unchanged"
         recheck_owner_before_adopting(desired, live)
-    kwargs: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
-                              "_content_type": "application/apply-patch+yaml"}
-    answer: Any
-    if kind == "Deployment":
-        answer = apps().patch_namespaced_deployment(name, namespace, body, **kwargs)
-    else:
-        answer = core().patch_namespaced_service(name, namespace, body, **kwargs)
-    remember(kind, namespace, name, dict(_sanitize(answer) or {}) or None)
+    path = _namespaced("apps/v1", namespace, "deployments", name) if kind == "Deployment" \
+        else _namespaced("v1", namespace, "services", name)
+    answer = request("PATCH", path, body=body, content_type=APPLY_PATCH,
+                     query={"fieldManager": FIELD_MANAGER, "force": "true"})
+    remember(kind, namespace, name, answer)
     return "created" if live is None else "updated"
 
 
@@ -297,10 +321,13 @@ def apply_service(desired: dict[str, Any], live: dict[str, Any] | None) -> str:
 # The ModelDeployment itself
 
 
+def _model_deployment(namespace: str, name: str, sub: str = "") -> str:
+    return _namespaced(f"{models.GROUP}/{models.VERSION}", namespace, models.PLURAL, name, sub)
+
+
 def read_model_deployment(namespace: str, name: str) -> dict[str, Any] | None:
     """A fresh read (the cache is filled as well)."""
-    body = _or_none(lambda: custom().get_namespaced_custom_object(
-        models.GROUP, models.VERSION, namespace, models.PLURAL, name))
+    body = _get(_model_deployment(namespace, name))
     remember(cache.MODEL_DEPLOYMENT, namespace, name, body)
     return body
 
@@ -309,9 +336,8 @@ def patch_status(namespace: str, name: str, status: dict[str, Any]) -> str | Non
     """Merge-patch ``status`` (lists such as conditions are replaced whole); the object's
     resourceVersion after the write (the answer goes into the cache)."""
     try:
-        answer = dict(_sanitize(custom().patch_namespaced_custom_object_status(
-            models.GROUP, models.VERSION, namespace, models.PLURAL, name, {"status": status}))
-            or {})
+        answer = request("PATCH", _model_deployment(namespace, name, "status"),
+                         body={"status": status}, content_type=MERGE_PATCH) or {}
     except ApiException as error:
         if error.status == 404:
             cache.STORE.delete(cache.MODEL_DEPLOYMENT, namespace, name)
@@ -327,51 +353,47 @@ def patch_status(namespace: str, name: str, status: dict[str, Any]) -> str | Non
 # Pods of a ModelDeployment
 
 
-def list_pods(namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-    label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
-    result = core().list_namespaced_pod(namespace, label_selector=label_selector)
-    return list(_sanitize(result).get("items") or [])
-
-
 def patch_pod_status(namespace: str, name: str, body: dict[str, Any]) -> bool:
     """Strategic-merge-patch a pod's status (conditions merge by type: only the ones in
     ``body`` change). False when the pod is gone, or is another pod of that name now (the uid
     in ``body`` is a precondition)."""
     try:
-        answer = core().patch_namespaced_pod_status(
-            name, namespace, body, _content_type="application/strategic-merge-patch+json")
+        answer = request("PATCH", _namespaced("v1", namespace, "pods", name, "status"),
+                         body=body, content_type=STRATEGIC_MERGE_PATCH)
     except ApiException as error:
         if error.status == 404:
             cache.STORE.delete(cache.POD, namespace, name)
         if error.status in (404, 409):
             return False
         raise
-    remember(cache.POD, namespace, name, dict(_sanitize(answer) or {}) or None)
+    remember(cache.POD, namespace, name, answer)
     return True
 
 
 def list_endpoint_slices(namespace: str, service: str) -> list[dict[str, Any]]:
     """The EndpointSlices of a Service (those its selector made, and any made by hand)."""
-    result = kubernetes.client.DiscoveryV1Api(api_client()).list_namespaced_endpoint_slice(
-        namespace, label_selector=f"kubernetes.io/service-name={service}")
-    return list(_sanitize(result).get("items") or [])
+    return _items(_namespaced("discovery.k8s.io/v1", namespace, "endpointslices"),
+                  f"kubernetes.io/service-name={service}")
 
 
 # --------------------------------------------------------------------------------------------
 # Rollback targets, kept as ControllerRevisions owned by the ModelDeployment
 
 
+def _revision_path(namespace: str, name: str = "") -> str:
+    return _namespaced("apps/v1", namespace, "controllerrevisions", name)
+
+
 def read_controller_revision(namespace: str, name: str) -> dict[str, Any] | None:
     """A fresh read (the cache is filled as well)."""
-    body = _or_none(lambda: apps().read_namespaced_controller_revision(name, namespace))
+    body = _get(_revision_path(namespace, name))
     remember(cache.CONTROLLER_REVISION, namespace, name, body)
     return body
 
 
 def list_controller_revisions(namespace: str, owner: str) -> list[dict[str, Any]]:
-    result = apps().list_namespaced_controller_revision(
-        namespace, label_selector=f"{render.LABEL_OWNER}={owner}")
-    items = list(_sanitize(result).get("items") or [])
+    """A fresh list, oldest first (the reconcile reads the cache's)."""
+    items = _items(_revision_path(namespace), f"{render.LABEL_OWNER}={owner}")
     return sorted(items, key=lambda item: int(item.get("revision") or 0))
 
 
@@ -383,23 +405,18 @@ def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:
     # when it re-encodes the object for a metadata patch; sent as Python's JSON it would not, and
     # the garbage collector could never orphan or adopt the revision.
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    client = api_client()
-    method, url, headers, _, _ = client.param_serialize(
-        "POST", "/apis/apps/v1/namespaces/{namespace}/controllerrevisions",
-        path_params={"namespace": meta["namespace"]},
-        header_params={"Content-Type": "application/yaml", "Accept": "application/json"},
-        auth_settings=["BearerToken"])
-    response = client.call_api(method, url, header_params=headers, body=text)
-    response.read()
-    if 200 <= response.status < 300:
-        if not response.data:
-            raise ApiException(status=response.status, reason="created, but the answer had no body")
-        created = dict(json.loads(response.data))
+    try:
+        created = request("POST", _revision_path(meta["namespace"]), body=text,
+                          content_type="application/yaml")
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        created = None
+    else:
+        if created is None:
+            raise ApiException(status=201, reason="created, but the answer had no body")
         remember(cache.CONTROLLER_REVISION, meta["namespace"], meta["name"], created)
         return created
-    if response.status != 409:
-        raise ApiException(status=response.status, reason=response.reason,
-                           http_resp=response)
     existing = read_controller_revision(meta["namespace"], meta["name"])
     if existing is None:
         raise ApiException(status=409, reason="ControllerRevision vanished while created")
@@ -408,8 +425,9 @@ def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:
     if want and not any(ref.get("controller") for ref in owners):
         # Left behind by an orphaning delete of an earlier ModelDeployment of this name: adopt.
         recheck_owner_before_adopting(body, existing)
-        existing = _sanitize(apps().patch_namespaced_controller_revision(
-            meta["name"], meta["namespace"], {"metadata": {"ownerReferences": want}}))
+        existing = request("PATCH", _revision_path(meta["namespace"], meta["name"]),
+                           body={"metadata": {"ownerReferences": want}},
+                           content_type=STRATEGIC_MERGE_PATCH) or existing
         remember(cache.CONTROLLER_REVISION, meta["namespace"], meta["name"], existing)
     elif want and not any(ref.get("uid") == want[0]["uid"] for ref in owners):
         raise ChildConflict(f"ControllerRevision {meta['name']} belongs to another owner; "
@@ -419,7 +437,7 @@ def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:
 
 def delete_controller_revision(namespace: str, name: str) -> None:
     try:
-        apps().delete_namespaced_controller_revision(name, namespace)
+        request("DELETE", _revision_path(namespace, name))
     except ApiException as error:
         if error.status != 404:
             raise

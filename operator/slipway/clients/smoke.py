@@ -40,6 +40,7 @@ import json
 import os
 import re
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -589,7 +590,40 @@ def _not_sendable(spec: models.ModelDeploymentSpec, test: models.SmokeTest,
 # Clients
 
 
+_CONTEXTS: dict[tuple[Any, ...], ssl.SSLContext] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
+def _stamp(path: str | None) -> tuple[str | None, float, int]:
+    """A file as a cache key: its path and when it changed (a rotated CA or client
+    certificate is loaded again)."""
+    if not path:
+        return (path, 0.0, 0)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (path, -1.0, -1)
+    return (path, stat.st_mtime, stat.st_size)
+
+
 def _ssl_context(settings: ClientSettings, *, with_cert: bool) -> ssl.SSLContext:
+    """One context per CA bundle and client certificate, made once and shared by every run:
+    loading a CA bundle costs milliseconds of CPU and memory that every smoke-test run would
+    otherwise pay again."""
+    verify = settings.verify
+    cert = settings.cert if with_cert else None
+    key = (_stamp(verify) if isinstance(verify, str) else verify,
+           tuple(_stamp(part) for part in cert) if cert else None)
+    with _CONTEXTS_LOCK:
+        context = _CONTEXTS.get(key)
+        if context is None:
+            context = _CONTEXTS[key] = _new_ssl_context(settings, with_cert=with_cert)
+            while len(_CONTEXTS) > 8:  # rotated files leave their old contexts behind
+                del _CONTEXTS[next(iter(_CONTEXTS))]
+        return context
+
+
+def _new_ssl_context(settings: ClientSettings, *, with_cert: bool) -> ssl.SSLContext:
     verify = settings.verify
     if isinstance(verify, str):
         if os.path.isdir(verify):

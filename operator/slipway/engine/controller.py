@@ -773,17 +773,27 @@ class Reconciler:
                                                               generation)
         status = _with_history(status, decision.events, observed, spec, target)
 
-        if record is not None or any(event.reason in _HISTORY_REASONS
-                                     for event in decision.events):
+        verdict_recorded = record is not None or any(event.reason in _HISTORY_REASONS
+                                                     for event in decision.events)
+        if verdict_recorded:
             self.confirm_fresh()
-        # Record first, then act: a restart after this point finds the decision and repeats
-        # only idempotent applies (and creates the target's ControllerRevision if it is missing).
-        self.write(status)
-        if job is not None:
-            self.verifications.forget(job)
-        if record is not None:
-            store_target(meta, spec, rendered, record)
-        self._act(decision, spec, rendered, target, observed)
+        if decision.action == "apply-desired" and decision.phase == "Progressing" and \
+                not verdict_recorded and job is None:
+            # A new revision rolls out: nothing is decided that a restart could lose (the next
+            # reconcile finds the Deployment on it and says Progressing), so the children come
+            # first and the status after, one round trip sooner.
+            self._act(decision, spec, rendered, target, observed)
+            self.write(status)
+        else:
+            # Record first, then act: a restart after this point finds the decision and repeats
+            # only idempotent applies (and creates the target's ControllerRevision if it is
+            # missing).
+            self.write(status)
+            if job is not None:
+                self.verifications.forget(job)
+            if record is not None:
+                store_target(meta, spec, rendered, record)
+            self._act(decision, spec, rendered, target, observed)
         events = list(decision.events)
         self.emit(events)
         posted += events

@@ -44,6 +44,10 @@ GATES = prometheus_client.Counter(
     "Readiness-gate writes: opened after a pod passed (open), or closed by reason "
     "(SmokeTestsFailed, SmokeTestsNotRun, ContainerRestarted).",
     ["result"], registry=REGISTRY)
+RECONCILES_QUEUED = prometheus_client.Gauge(
+    "slipway_reconciles_queued",
+    "Reconciles that fell due and wait for one of the SLIPWAY_RECONCILE_WORKERS threads.",
+    registry=REGISTRY)
 WATCH_EVENTS = prometheus_client.Counter(
     "slipway_watch_events_total",
     "Watch events delivered to the operator, by kind (ModelDeployment, Deployment, Service, "
