@@ -90,6 +90,9 @@ def release(name: str, version: str = "1.0.0") -> dict[str, Any]:
     # One pod per object at any time: the pod network is one Linux bridge, which takes at most
     # 1,024 ports (pods).
     doc["spec"]["rollout"].update({"maxSurge": 0, "maxUnavailable": 1})
+    # Hundreds of pods start and wait behind their gates at once on two cores: minutes, not the
+    # example's 60 s.
+    doc["spec"]["rollout"]["progressDeadlineSeconds"] = 1800
     return dict(doc)
 
 
@@ -229,6 +232,16 @@ def wait(check: Any, timeout: float, what: str, progress: Any = None) -> float:
     return time.monotonic() - start
 
 
+def delete_all(kubectl: list[str], kinds: str, namespace: str) -> None:
+    """Delete every object of ``kinds`` in ``namespace`` and wait until none is left
+    (``kubectl delete --wait`` waits for each object in turn: minutes for thousands)."""
+    subprocess.run([*kubectl, "delete", kinds, "--all", "-n", namespace, "--wait=false"],
+                   check=True, capture_output=True)
+    wait(lambda: not subprocess.run([*kubectl, "get", kinds, "-n", namespace, "-o", "name"],
+                                    check=True, capture_output=True, text=True).stdout.strip(),
+         600, f"{kinds} in {namespace} gone")
+
+
 def create_all(jobs: list[Any], writers: int) -> None:
     with concurrent.futures.ThreadPoolExecutor(writers) as pool:
         for future in [pool.submit(job) for job in jobs]:
@@ -312,10 +325,12 @@ def main() -> None:
         for i in range(args.singles):
             custom.delete_namespaced_custom_object("slipway.dev", "v1alpha1", NS,
                                                    "modeldeployments", f"single-{i:02d}")
-        subprocess.run([*kubectl, "delete", "deployments,services", "--all", "-n", FLOOR_NS,
-                        "--wait=true"], check=True, capture_output=True)
+        delete_all(kubectl, "deployments,services", FLOOR_NS)
+        say(f"  single apply → children: p50 {statistics.median(single) * 1000:.0f} ms "
+            f"(floor {statistics.median(single_floor) * 1000:.0f} ms)")
         wait(lambda: not apps.list_namespaced_deployment(NS).items, 120,
              "the single releases' Deployments gone")
+        wait(lambda: not core.list_namespaced_pod(NS).items, 180, "their pods gone")
 
         # 2. at once: the floor first, then Slipway
         say(f"2/7 {n} floor pairs at once ({args.writers} writers)")
@@ -325,8 +340,8 @@ def main() -> None:
         wait(lambda: all(children_seen(FLOOR_NS, name) for name in names), 600,
              "all floor children", lambda: f"{sum(1 for m in names if children_seen(FLOOR_NS, m))}/{n}")
         burst_floor = max(children_seen(FLOOR_NS, name) for name in names) - sent  # type: ignore
-        subprocess.run([*kubectl, "delete", "deployments,services", "--all", "-n", FLOOR_NS,
-                        "--wait=true"], check=True, capture_output=True)
+        say(f"  floor: all children of {n} in {burst_floor:.1f} s")
+        delete_all(kubectl, "deployments,services", FLOOR_NS)
         time.sleep(5)
 
         say(f"2/7 {n} ModelDeployments at once ({args.writers} writers)")
@@ -336,6 +351,8 @@ def main() -> None:
         wait(lambda: all(children_seen(NS, name) for name in names), 1200, "all children",
              lambda: f"{sum(1 for m in names if children_seen(NS, m))}/{n}")
         burst = max(children_seen(NS, name) for name in names) - sent  # type: ignore
+        say(f"  Slipway: all children of {n} in {burst:.1f} s (floor {burst_floor:.1f} s); "
+            f"RSS {operator.rss_mib():.0f} MiB")
 
         # 3. Ready
         say(f"3/7 waiting until all {n} are Ready")
@@ -346,11 +363,13 @@ def main() -> None:
         wait(lambda: ready_count() >= min(100, n), 3600, "100 Ready",
              lambda: f"{ready_count()}/{n}")
         rss["100"] = operator.rss_mib()
+        say(f"  RSS at 100 Ready: {rss['100']:.0f} MiB")
         wait(lambda: ready_count() >= n, 3600, f"all {n} Ready", lambda: f"{ready_count()}/{n}")
         all_ready = max(seen.get((NS, name, "ready:1")) or 0 for name in names) - sent
         cpu_first = operator.cpu() - cpu0
         time.sleep(30)
         rss[str(n)] = operator.rss_mib()
+        say(f"  all Ready after {all_ready:.1f} s; CPU {cpu_first:.1f} s; RSS {rss[str(n)]:.0f} MiB")
 
         # 5. and 6. a good rollout on some of them
         rolled = names[:args.rollouts]
@@ -385,6 +404,7 @@ def main() -> None:
             (args.profile / "summary.txt").write_text(summarise(args.profile / "rollouts.txt"))
             say(f"profile in {args.profile}")
         per_rollout = (cpu1 - cpu0) / len(rolled)
+        say(f"  CPU per rollout {per_rollout * 1000:.0f} ms; {pod_changes} pod changes")
         pod_events = total(after, "slipway_watch_events_total", kind="Pod") - \
             total(before, "slipway_watch_events_total", kind="Pod")
         requests = {verb: total(after, "slipway_api_requests_total", verb=verb) -
@@ -404,8 +424,7 @@ def main() -> None:
                          "containers": [{"name": "c", "image": IMAGE}]}})
 
         create_all([lambda i=i: unrelated(i) for i in range(args.churn)], args.writers)
-        subprocess.run([*kubectl, "delete", "pods", "--all", "-n", CHURN_NS, "--wait=true"],
-                       check=True, capture_output=True)
+        delete_all(kubectl, "pods", CHURN_NS)
         churn_seconds = time.monotonic() - churn_start
         after, cpu1 = operator.metrics(), operator.cpu()
         churn_cpu = cpu1 - cpu0
@@ -414,18 +433,6 @@ def main() -> None:
         cpu0 = operator.cpu()
         time.sleep(churn_seconds)
         idle_cpu = operator.cpu() - cpu0
-
-        # 4. the soak
-        soak: list[float] = []
-        minutes = args.soak_minutes
-        if minutes > 0:
-            say(f"4/7 soak: RSS each minute for {minutes:g} min, nothing changing")
-            end = time.monotonic() + minutes * 60
-            while time.monotonic() < end:
-                time.sleep(min(60.0, max(0.0, end - time.monotonic())))
-                soak.append(operator.rss_mib())
-                say(f"  RSS {soak[-1]:.0f} MiB ({len(soak)}/{math.ceil(minutes)} min)")
-        seen.stop.set()
 
         def ms(values: list[float]) -> str:
             return f"p50 {statistics.median(values) * 1000:.0f} ms, p99 {pct(values, 0.99) * 1000:.0f} ms"
@@ -456,6 +463,20 @@ def main() -> None:
         print(f"| watch events for the unrelated pods | {churn_events:.0f} | 0 | |")
         print("| operator RSS | " + ", ".join(f"{v:.0f} MiB at {k}" for k, v in rss.items()) +
               " | | |")
+        sys.stdout.flush()
+
+        # 4. the soak
+        soak: list[float] = []
+        minutes = args.soak_minutes
+        if minutes > 0:
+            say(f"4/7 soak: RSS each minute for {minutes:g} min, nothing changing")
+            end = time.monotonic() + minutes * 60
+            while time.monotonic() < end:
+                time.sleep(min(60.0, max(0.0, end - time.monotonic())))
+                soak.append(operator.rss_mib())
+                say(f"  RSS {soak[-1]:.0f} MiB ({len(soak)}/{math.ceil(minutes)} min)")
+
+        seen.stop.set()
         if soak:
             print(f"| RSS over {minutes:g} min idle | min {min(soak):.0f}, max {max(soak):.0f}, "
                   f"last {soak[-1]:.0f} MiB ({(max(soak) - min(soak)) / min(soak) * 100:.1f} %) "

@@ -311,7 +311,7 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
     wait_for("etcd /health", lambda: probe(f"{etcd_url}/health"), progress, timeout=60,
              process=etcd, log=logs / "etcd.log")
 
-    # The pod network first: in netns mode the cluster IPs are a /24 of the same range, served by
+    # The pod network first: in netns mode the cluster IPs are a /20 of the same range, served by
     # the node agent's service proxy on its bridge, so they answer and never leave the machine.
     bridge = cidr = ""
     if state.network != "loopback" and (state.network == "netns" or _netns_possible()):
@@ -450,9 +450,10 @@ def _netns_possible() -> bool:
 
 
 def service_cidr_of(pod_cidr: str) -> str:
-    """The cluster IPs of a pod network: its last /24 (nodes take /24s from the start)."""
+    """The cluster IPs of a pod network: its last /20, 4,094 Services (nodes take /24s from the
+    start, so up to 240 nodes)."""
     network = ipaddress.ip_network(pod_cidr)
-    return str(list(network.subnets(new_prefix=24))[-1])
+    return str(list(network.subnets(new_prefix=20))[-1])
 
 
 def pick_pod_network() -> tuple[str, str]:

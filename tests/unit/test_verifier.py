@@ -239,3 +239,37 @@ def test_kopf_keeps_nothing_on_the_objects_and_copies_nothing_per_event() -> Non
     progress.store(key=kopf.HandlerId("h"), record={"started": "now"}, body=body, patch=patch)
     assert progress.fetch(key=kopf.HandlerId("h"), body=body) is None
     assert not patch, f"kopf would write {dict(patch)} to the object"
+
+
+def until(check: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_due_look_waits_for_a_worker_once_per_object() -> None:
+    from slipway.engine import handlers
+
+    release = threading.Event()
+    ran: list[str] = []
+
+    def run(namespace: str, name: str) -> None:
+        ran.append(name)
+        if name == "busy":
+            release.wait(10)
+
+    timers = handlers.Timers(run, workers=1)
+    timers.schedule("ml", "busy", 0)  # holds the only worker
+    until(lambda: ran == ["busy"])
+    for _ in range(5):  # events of one object while it waits for the worker
+        timers.schedule("ml", "iris", 0)
+        time.sleep(0.05)
+    timers.schedule("ml", "other", 0)
+    until(lambda: timers.queued() == 2)
+    time.sleep(0.2)
+    assert timers.queued() == 2 and timers.pending() == 0
+    release.set()
+    until(lambda: len(ran) == 3)
+    time.sleep(0.2)
+    assert ran == ["busy", "iris", "other"]  # each once, in the order they fell due

@@ -162,7 +162,10 @@ class Timers:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._queued = 0
+        # Due and handed to the pool, not started yet: one entry per object at most (a
+        # reconcile reads the newest state when it starts, so a second one queued behind it
+        # would find nothing new).
+        self._queued: set[tuple[str, str]] = set()
 
     def schedule(self, namespace: str, name: str, delay: float) -> bool:
         """Look again after ``delay`` seconds; False when an earlier look is already due."""
@@ -189,7 +192,7 @@ class Timers:
 
     def queued(self) -> int:
         with self._cond:
-            return self._queued
+            return len(self._queued)
 
     def _loop(self) -> None:
         while True:
@@ -207,19 +210,20 @@ class Timers:
                         break
                     heapq.heappop(self._heap)
                     del self._pending[key]
-                    due_now.append((key, pending[1]))
+                    if key not in self._queued:
+                        self._queued.add(key)
+                        due_now.append((key, pending[1]))
                     wait = None
                 if not due_now:
                     self._cond.wait(timeout=wait)
                     continue
-                self._queued += len(due_now)
             assert self._pool is not None
             for key, context in due_now:
                 self._pool.submit(context.run, self._fire, key)
 
     def _fire(self, key: tuple[str, str]) -> None:
         with self._cond:
-            self._queued -= 1
+            self._queued.discard(key)
         self._run(*key)
 
 
