@@ -35,11 +35,8 @@ def release(name: str) -> dict[str, Any]:
 
 
 def requests(operator: Operator, verbs: tuple[str, ...]) -> float:
-    return sum(operator.metric("slipway_api_requests_total", verb=verb, resource=resource)
-               for verb in verbs
-               for resource in ("modeldeployments", "modeldeployments/status", "deployments",
-                                "services", "pods", "pods/status", "controllerrevisions",
-                                "endpointslices"))
+    """Requests of these verbs the reconciles made, on any resource."""
+    return sum(value for _, verb, _, value in _by_kind(operator) if verb in verbs)
 
 
 def versions(kubectl: Kubectl, namespace: str, resource: str) -> dict[str, str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from slipway.clients import cache, kube
+from slipway.logic import render
 
-OWNER = cache.OWNER_LABEL
+OWNER = render.LABEL_OWNER
 
 
 def pod(name: str, version: str, owner: str | None = "m", uid: str = "", ns: str = "a",

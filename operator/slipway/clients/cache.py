@@ -28,7 +28,6 @@ from typing import Any
 
 from slipway.logic import render
 
-OWNER_LABEL = render.LABEL_OWNER
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 # Listing events this far apart belong to different listings (a re-list after a broken watch).
 LISTING_GAP_SECONDS = 2.0
@@ -93,7 +92,7 @@ class Store:
         now = time.monotonic()
         version = str(meta.get("resourceVersion") or "")
         uid = str(meta.get("uid") or "")
-        owner = (meta.get("labels") or {}).get(OWNER_LABEL)
+        owner = (meta.get("labels") or {}).get(render.LABEL_OWNER)
         key = (namespace, name)
         with self._lock:
             if listed:

@@ -260,16 +260,18 @@ def _namespaced(group_version: str, namespace: str, plural: str, name: str = "",
     return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
-def _managed(body: dict[str, Any] | None) -> bool:
+def is_ours(kind: str, body: Any) -> bool:
+    """Whether the cache keeps ``body``: every ModelDeployment, and a child only with
+    Slipway's label (the watches' server-side selector sends no other)."""
     labels = ((body or {}).get("metadata") or {}).get("labels") or {}
-    return labels.get(render.LABEL_MANAGED_BY) == render.MANAGER
+    return kind == cache.MODEL_DEPLOYMENT or labels.get(render.LABEL_MANAGED_BY) == render.MANAGER
 
 
 def remember(kind: str, namespace: str, name: str, body: dict[str, Any] | None) -> None:
     """Put what the API server just said into the cache (write-through), as the watch would:
     a child only if it carries Slipway's label (the watch sees no other; a stranger's object
     of that name is never cached, so the next look at it is fresh too)."""
-    if body is None or (kind != cache.MODEL_DEPLOYMENT and not _managed(body)):
+    if body is None or not is_ours(kind, body):
         cache.STORE.delete(kind, namespace, name)
     else:
         cache.STORE.put(kind, body)
@@ -389,12 +391,6 @@ def read_controller_revision(namespace: str, name: str) -> dict[str, Any] | None
     body = _get(_revision_path(namespace, name))
     remember(cache.CONTROLLER_REVISION, namespace, name, body)
     return body
-
-
-def list_controller_revisions(namespace: str, owner: str) -> list[dict[str, Any]]:
-    """A fresh list, oldest first (the reconcile reads the cache's)."""
-    items = _items(_revision_path(namespace), f"{render.LABEL_OWNER}={owner}")
-    return sorted(items, key=lambda item: int(item.get("revision") or 0))
 
 
 def create_controller_revision(body: dict[str, Any]) -> dict[str, Any]:

@@ -375,11 +375,6 @@ class Listings:
 LISTINGS = Listings()
 
 
-def _is_ours(kind: str, body: Any) -> bool:
-    labels = ((body or {}).get("metadata") or {}).get("labels") or {}
-    return kind == cache.MODEL_DEPLOYMENT or labels.get(render.LABEL_MANAGED_BY) == render.MANAGER
-
-
 def _cache_filler(kind: str) -> Any:
     """An index handler that keeps each object of ``kind`` in the cache (and nothing in kopf's
     own index: it returns None). kopf runs index handlers before any other handler, and holds
@@ -389,7 +384,7 @@ def _cache_filler(kind: str) -> Any:
 
     def fill(body: kopf.Body, **_: Any) -> None:
         raw = cast(dict[str, Any], dict(body))
-        if _is_ours(kind, raw):
+        if kube.is_ours(kind, raw):
             cache.STORE.put(kind, raw)
 
     fill.__name__ = fill.__qualname__ = f"cache_{kind.lower()}s"
@@ -416,7 +411,7 @@ def _observe(kind: str, event: kopf.RawEvent) -> dict[str, Any] | None:
         cache.STORE.delete(kind, str(meta.get("namespace") or ""), str(meta.get("name")),
                            uid=str(meta.get("uid") or "") or None)
         return None
-    if not _is_ours(kind, body):
+    if not kube.is_ours(kind, body):
         return None
     if event.get("type") is None:  # from a listing: at the start, or after a watch broke
         cache.STORE.put(kind, body, listed=True)
