@@ -53,6 +53,12 @@ class ServiceProxy:
         self.addresses: set[str] = set()
         self.listeners: dict[tuple[str, int], asyncio.AbstractServer] = {}
         self.turn = 0
+        # One apply at a time, each from the tables as they are when it starts: two applies
+        # interleaved at their awaits would each act on its own snapshot, and an older one
+        # could remove the address a newer one had just added (a Service whose endpoint
+        # became ready in between then answered "no route to host" for good).
+        self._dirty = False
+        self._applying = False
         self.loop = asyncio.new_event_loop()
         self.threads: list[threading.Thread] = []
 
@@ -179,7 +185,30 @@ class ServiceProxy:
 
     def _sync(self) -> None:
         if not self.stopping.is_set():
-            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._apply()))
+            self.loop.call_soon_threadsafe(self._kick)
+
+    def _kick(self) -> None:
+        """On the loop: note that the tables changed; start the applier unless it runs (it
+        goes round again, so a burst of changes costs one or two applies, not one each)."""
+        self._dirty = True
+        if not self._applying:
+            self._applying = True
+            self.loop.create_task(self._apply_while_dirty())
+
+    async def _apply_while_dirty(self) -> None:
+        try:
+            while self._dirty and not self.stopping.is_set():
+                self._dirty = False
+                try:
+                    await self._apply()
+                except Exception:  # noqa: BLE001 - the next change tries again
+                    log.exception("service proxy: applying the routes failed")
+        finally:
+            self._applying = False
+
+    def settled(self) -> bool:
+        """No change waits to be applied (for tests)."""
+        return not self._dirty and not self._applying
 
     async def _apply(self) -> None:
         wanted = self._wanted()
