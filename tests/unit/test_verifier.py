@@ -273,3 +273,35 @@ def test_a_due_look_waits_for_a_worker_once_per_object() -> None:
     until(lambda: len(ran) == 3)
     time.sleep(0.2)
     assert ran == ["busy", "iris", "other"]  # each once, in the order they fell due
+
+
+def test_a_new_spec_goes_before_other_waiting_looks_but_cannot_starve_them() -> None:
+    from slipway.engine import handlers
+
+    release = threading.Event()
+    ran: list[str] = []
+
+    def run(namespace: str, name: str) -> None:
+        ran.append(name)
+        if name == "busy":
+            release.wait(10)
+
+    timers = handlers.Timers(run, workers=1)
+    timers.schedule("ml", "busy", 0)  # holds the only worker
+    until(lambda: ran == ["busy"])
+    timers.schedule("ml", "pod-change", 0)
+    timers.schedule("ml", "promoted", 0)
+    until(lambda: timers.queued() == 2)
+    for i in range(6):
+        timers.schedule("ml", f"new-{i}", 0, urgent=True)
+    timers.schedule("ml", "promoted", 0, urgent=True)  # already waiting: it moves up
+    until(lambda: timers.queued() == 8)
+    release.set()
+    until(lambda: len(ran) == 9)
+    time.sleep(0.2)
+    in_a_row = handlers.Timers.URGENT_IN_A_ROW
+    assert in_a_row == 4
+    # Four urgent ones, then the oldest other one, then the urgent ones left, then the rest.
+    assert ran == ["busy", "new-0", "new-1", "new-2", "new-3", "pod-change", "new-4", "new-5",
+                   "promoted"], ran
+    assert len(set(ran)) == len(ran)  # the promoted look ran once

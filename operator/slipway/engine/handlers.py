@@ -5,7 +5,9 @@ by Slipway's labels), lead to the same reconcile, so verdicts follow what happen
 second or two instead of on a polling delay. A handler only asks for that reconcile (a timer per
 object, SETTLE_SECONDS away, the earliest one wins), so that a burst of events folds into one;
 the reconcile runs on the timer's thread, with the synchronous kubernetes client, never on
-kopf's event loop. All kopf settings live in the one startup handler below.
+kopf's event loop. The watch handlers are ``async def``: they only touch memory (the cache, the
+timers), so they run on kopf's loop rather than costing two thread hand-offs per event, as plain
+``def`` handlers do in kopf. All kopf settings live in the one startup handler below.
 
 Only event handlers: the ModelDeployment's watch events (the initial listing included, so a
 restart resumes every object) reconcile it, with no kopf bookkeeping on the object at all. No
@@ -17,7 +19,6 @@ reconcile is idempotent and its status tells where it stands, which is all the r
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextvars
 import heapq
 import itertools
@@ -70,6 +71,8 @@ MAX_WORKERS = int(_env_float("SLIPWAY_MAX_WORKERS", 8))
 # Reconciles at once (each on a worker thread of its own): the rest wait their turn, in order
 # of when they fell due (slipway_reconciles_queued). Smoke tests do not hold these.
 RECONCILE_WORKERS = int(_env_float("SLIPWAY_RECONCILE_WORKERS", 8))
+# A status write that only reports progress waits this long after the object's last one.
+controller.PROGRESS.fold_seconds = _env_float("SLIPWAY_PROGRESS_FOLD_SECONDS", 5.0)
 CONFLICT_RECHECK = _env_float("SLIPWAY_CONFLICT_RECHECK_SECONDS",
                               controller.CONFLICT_RECHECK_SECONDS)
 controller.VERIFIER.limit(
@@ -147,57 +150,104 @@ class Timers:
     """At most one pending "look again" per object: the earliest asked for wins.
 
     One scheduler thread holds them all (a heap: no thread per object, however many objects
-    wait), and hands each due one to a pool of ``workers`` reconcile threads, which bounds the
-    API connections and the CPU the reconciles take at once; ``queued()`` is how many wait for
-    a worker. Each runs in a copy of the context it was asked from: kopf keeps its settings
-    (needed to post Events) in context variables, which a bare thread would not see.
+    wait), and hands each due one to ``workers`` reconcile threads, which bounds the API
+    connections and the CPU the reconciles take at once; ``queued()`` is how many wait for a
+    worker. A look asked for as ``urgent`` (a spec not acted on yet: its children are still to
+    be made) goes before the others that wait, so that a burst of new objects gets its children
+    first rather than after every pod change of the objects before it; but never more than
+    URGENT_IN_A_ROW of them in a row while others wait, so that a flood of new specs cannot
+    starve the verifications and rollbacks of the rest. Each runs in a copy of the context it
+    was asked from: kopf keeps its settings (needed to post Events) in context variables, which
+    a bare thread would not see.
     """
+
+    URGENT_IN_A_ROW = 4
 
     def __init__(self, run: Any, workers: int = 8) -> None:
         self._run = run
         self._workers = workers
-        self._cond = threading.Condition()
-        self._pending: dict[tuple[str, str], tuple[float, contextvars.Context]] = {}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # the scheduler waits on it
+        self._work = threading.Condition(self._lock)  # the workers wait on it
+        self._pending: dict[tuple[str, str], tuple[float, contextvars.Context, bool]] = {}
         self._heap: list[tuple[float, int, tuple[str, str]]] = []
         self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        # Due and handed to the pool, not started yet: one entry per object at most (a
-        # reconcile reads the newest state when it starts, so a second one queued behind it
-        # would find nothing new).
-        self._queued: set[tuple[str, str]] = set()
+        self._threads: list[threading.Thread] = []
+        # Due, waiting for a worker: one entry per object at most (a reconcile reads the newest
+        # state when it starts, so a second one queued behind it would find nothing new).
+        self._queued: dict[tuple[str, str], tuple[contextvars.Context, bool]] = {}
+        self._ready: dict[bool, collections.deque[tuple[str, str]]] = {
+            True: collections.deque(), False: collections.deque()}
+        self._urgent_run = 0
 
-    def schedule(self, namespace: str, name: str, delay: float) -> bool:
-        """Look again after ``delay`` seconds; False when an earlier look is already due."""
+    def schedule(self, namespace: str, name: str, delay: float, urgent: bool = False) -> bool:
+        """Look again after ``delay`` seconds; False when an earlier look is already due (it
+        becomes urgent if this one is)."""
         key = (namespace, name)
         due = time.monotonic() + delay
-        with self._cond:
+        with self._lock:
             pending = self._pending.get(key)
             if pending is not None and pending[0] <= due:
+                if urgent and not pending[2]:
+                    self._pending[key] = (pending[0], pending[1], True)
                 return False
-            self._pending[key] = (due, contextvars.copy_context())
+            self._pending[key] = (due, contextvars.copy_context(),
+                                  urgent or (pending is not None and pending[2]))
             heapq.heappush(self._heap, (due, next(self._seq), key))
-            if self._thread is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self._workers, thread_name_prefix="slipway-reconcile")
-                self._thread = threading.Thread(target=self._loop, name="slipway-timers",
-                                                daemon=True)
-                self._thread.start()
+            if not self._threads:
+                self._start()
             self._cond.notify()
         return True
 
+    def _start(self) -> None:
+        self._threads.append(threading.Thread(target=self._loop, name="slipway-timers",
+                                              daemon=True))
+        self._threads += [threading.Thread(target=self._worker, name=f"slipway-reconcile-{i}",
+                                           daemon=True) for i in range(self._workers)]
+        for thread in self._threads:
+            thread.start()
+
     def pending(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._pending)
 
     def queued(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._queued)
 
+    def _enqueue(self, key: tuple[str, str], context: contextvars.Context,
+                 urgent: bool) -> None:
+        """Under the lock: a due look waits for a worker (once per object)."""
+        held = self._queued.get(key)
+        if held is not None:
+            if urgent and not held[1]:  # already waiting: it moves up
+                self._queued[key] = (held[0], True)
+                self._ready[True].append(key)
+                self._work.notify()
+            return
+        self._queued[key] = (context, urgent)
+        self._ready[urgent].append(key)
+        self._work.notify()
+
+    def _take(self) -> tuple[tuple[str, str], contextvars.Context] | None:
+        """Under the lock: the next look for a worker, urgent ones first (URGENT_IN_A_ROW at
+        most while others wait)."""
+        order = (True, False) if self._urgent_run < self.URGENT_IN_A_ROW else (False, True)
+        for level in order:
+            ready = self._ready[level]
+            while ready:
+                key = ready.popleft()
+                held = self._queued.get(key)
+                if held is None or held[1] != level:
+                    continue  # taken already, or moved up
+                del self._queued[key]
+                self._urgent_run = self._urgent_run + 1 if level else 0
+                return key, held[0]
+        return None
+
     def _loop(self) -> None:
-        while True:
-            due_now: list[tuple[tuple[str, str], contextvars.Context]] = []
-            with self._cond:
+        with self._lock:
+            while True:
                 wait: float | None = None
                 while self._heap:
                     due, _, key = self._heap[0]
@@ -210,21 +260,22 @@ class Timers:
                         break
                     heapq.heappop(self._heap)
                     del self._pending[key]
-                    if key not in self._queued:
-                        self._queued.add(key)
-                        due_now.append((key, pending[1]))
+                    self._enqueue(key, pending[1], pending[2])
                     wait = None
-                if not due_now:
-                    self._cond.wait(timeout=wait)
-                    continue
-            assert self._pool is not None
-            for key, context in due_now:
-                self._pool.submit(context.run, self._fire, key)
+                self._cond.wait(timeout=wait)
 
-    def _fire(self, key: tuple[str, str]) -> None:
-        with self._cond:
-            self._queued.discard(key)
-        self._run(*key)
+    def _worker(self) -> None:
+        while True:
+            with self._lock:
+                taken = self._take()
+                while taken is None:
+                    self._work.wait()
+                    taken = self._take()
+            key, context = taken
+            try:
+                context.run(self._run, *key)
+            except Exception:  # noqa: BLE001 - the worker stays; the run logs its own
+                log.exception("reconcile of %s/%s failed", *key)
 
 
 def reconcile_or_retry(namespace: str, name: str) -> None:
@@ -249,8 +300,8 @@ TIMERS = Timers(_reconcile_quietly, workers=RECONCILE_WORKERS)
 metrics.RECONCILES_QUEUED.set_function(TIMERS.queued)
 
 
-def _schedule(namespace: str, name: str, delay: float) -> None:
-    TIMERS.schedule(namespace, name, delay)
+def _schedule(namespace: str, name: str, delay: float, urgent: bool = False) -> None:
+    TIMERS.schedule(namespace, name, delay, urgent)
 
 
 class OwnWrites:
@@ -382,7 +433,7 @@ def _cache_filler(kind: str) -> Any:
     reconcile ever works from a cache that is still filling (a controller's "wait for cache
     sync")."""
 
-    def fill(body: kopf.Body, **_: Any) -> None:
+    async def fill(body: kopf.Body, **_: Any) -> None:
         raw = cast(dict[str, Any], dict(body))
         if kube.is_ours(kind, raw):
             cache.STORE.put(kind, raw)
@@ -423,10 +474,11 @@ def _forget(namespace: str, name: str) -> None:
     metrics.forget(namespace, name)
     controller.VERIFIER.keep_only(namespace, name, None)
     OWN_WRITES.forget(namespace, name)
+    controller.PROGRESS.forget((namespace, name))
 
 
 @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
-def model_deployment_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
+async def model_deployment_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
     """Any change of a ModelDeployment (and each one listed at start): reconcile it. A deleted
     one only drops its metrics and its verification; its children go with the garbage
     collector."""
@@ -441,7 +493,10 @@ def model_deployment_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> N
     observed = (body.get("status") or {}).get("observedGeneration")
     # A spec not acted on yet (a new object, a new release): at once. Anything else (labels,
     # annotations, a status written by someone else) after the settle delay.
-    _schedule(namespace, name, 0 if observed != meta.get("generation") else SETTLE_SECONDS)
+    if observed != meta.get("generation"):
+        _schedule(namespace, name, 0, urgent=True)
+    else:
+        _schedule(namespace, name, SETTLE_SECONDS)
 
 
 def _child_changed(kind: str, event: kopf.RawEvent) -> None:
@@ -459,22 +514,22 @@ def _child_changed(kind: str, event: kopf.RawEvent) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments")
-def deployment_changed(event: kopf.RawEvent, **_: Any) -> None:
+async def deployment_changed(event: kopf.RawEvent, **_: Any) -> None:
     _child_changed(cache.DEPLOYMENT, event)
 
 
 @kopf.on.event("", "v1", "services")
-def service_changed(event: kopf.RawEvent, **_: Any) -> None:
+async def service_changed(event: kopf.RawEvent, **_: Any) -> None:
     _child_changed(cache.SERVICE, event)
 
 
 @kopf.on.event("", "v1", "pods")
-def pod_changed(event: kopf.RawEvent, **_: Any) -> None:
+async def pod_changed(event: kopf.RawEvent, **_: Any) -> None:
     _child_changed(cache.POD, event)
 
 
 @kopf.on.event("apps", "v1", "controllerrevisions")
-def revision_changed(event: kopf.RawEvent, **_: Any) -> None:
+async def revision_changed(event: kopf.RawEvent, **_: Any) -> None:
     """A rollback target's record: kept in the cache; its owner looks again when it is deleted
     (to make it again) and not on its creation (made by the owner's own reconcile)."""
     _observe(cache.CONTROLLER_REVISION, event)
