@@ -129,6 +129,8 @@ class Seen:
         self.lock = threading.Lock()
         self.times: dict[tuple[str, str, str], float] = {}
         self.pod_changes = 0
+        # ModelDeployments that ended Failed or RolledBack: name -> "reason: message"
+        self.failed: dict[str, str] = {}
         self.stop = threading.Event()
 
     def mark(self, key: tuple[str, str, str]) -> None:
@@ -166,8 +168,14 @@ class Seen:
         def md(event: dict[str, Any]) -> None:
             obj = event["object"]
             status = obj.get("status") or {}
-            if status.get("phase") == "Ready" and \
-                    status.get("observedGeneration") == obj["metadata"].get("generation"):
+            current = status.get("observedGeneration") == obj["metadata"].get("generation")
+            if current and status.get("phase") in ("Failed", "RolledBack"):
+                failure = status.get("lastFailure") or {}
+                with self.lock:
+                    self.failed[obj["metadata"]["name"]] = (
+                        f"{status['phase']} {failure.get('reason')}: "
+                        f"{str(failure.get('message'))[:300]}")
+            if status.get("phase") == "Ready" and current:
                 self.mark((NS, obj["metadata"]["name"],
                            f"ready:{obj['metadata'].get('generation')}"))
 
@@ -218,11 +226,18 @@ def total(metrics: dict[Any, float], name: str, **match: str) -> float:
                and all(dict(labels).get(k) == want for k, want in match.items()))
 
 
-def wait(check: Any, timeout: float, what: str, progress: Any = None) -> float:
+def wait(check: Any, timeout: float, what: str, progress: Any = None,
+         failed: dict[str, str] | None = None) -> float:
+    """Wait until ``check()``; stop the run at once when ``failed`` (name -> why) fills: a
+    release that failed will not become Ready, and the figures would be meaningless."""
     start = time.monotonic()
     last = 0.0
     while not check():
         now = time.monotonic()
+        if failed:
+            lines = "\n".join(f"  {name}: {why}" for name, why in sorted(failed.items())[:10])
+            raise SystemExit(f"{len(failed)} release(s) failed while waiting for {what}:\n"
+                             f"{lines}")
         if now - start > timeout:
             raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
         if progress is not None and now - last > 15:
@@ -262,6 +277,10 @@ def main() -> None:
                              "during the rollouts of step 5, into this folder: collapsed "
                              "stacks and a summary of where the time went")
     args = parser.parse_args()
+    if args.profile is not None and \
+            not pathlib.Path(sys.executable).with_name("py-spy").exists():
+        raise SystemExit("--profile needs py-spy next to this Python: "
+                         "pip install -e '.[bench]'")
     n = args.objects
     nodes = max(1, math.ceil((n + 10) / PODS_PER_NODE))
     state_dir = pathlib.Path(tempfile.mkdtemp(prefix="slipway-scale-"))
@@ -361,10 +380,11 @@ def main() -> None:
             return sum(1 for name in names if seen.get((NS, name, "ready:1")))
 
         wait(lambda: ready_count() >= min(100, n), 3600, "100 Ready",
-             lambda: f"{ready_count()}/{n}")
+             lambda: f"{ready_count()}/{n}", failed=seen.failed)
         rss["100"] = operator.rss_mib()
         say(f"  RSS at 100 Ready: {rss['100']:.0f} MiB")
-        wait(lambda: ready_count() >= n, 3600, f"all {n} Ready", lambda: f"{ready_count()}/{n}")
+        wait(lambda: ready_count() >= n, 3600, f"all {n} Ready", lambda: f"{ready_count()}/{n}",
+             failed=seen.failed)
         all_ready = max(seen.get((NS, name, "ready:1")) or 0 for name in names) - sent
         cpu_first = operator.cpu() - cpu0
         time.sleep(30)
@@ -393,7 +413,8 @@ def main() -> None:
                 {"spec": release(name, "1.0.1")["spec"]})  # the expected answers too
         wait(lambda: all(seen.get((NS, name, "ready:2")) for name in rolled), 1800,
              "the rollouts Ready",
-             lambda: f"{sum(1 for m in rolled if seen.get((NS, m, 'ready:2')))}/{len(rolled)}")
+             lambda: f"{sum(1 for m in rolled if seen.get((NS, m, 'ready:2')))}/{len(rolled)}",
+             failed=seen.failed)
         time.sleep(10)  # the old pods' last changes
         after, cpu1 = operator.metrics(), operator.cpu()
         with seen.lock:
@@ -410,6 +431,14 @@ def main() -> None:
         requests = {verb: total(after, "slipway_api_requests_total", verb=verb) -
                     total(before, "slipway_api_requests_total", verb=verb)
                     for verb in ("get", "list", "create", "patch", "delete")}
+        by_resource = sorted(
+            ((dict(labels).get("verb"), dict(labels).get("resource"),
+              v - before.get((name_, labels), 0.0))
+             for (name_, labels), v in after.items() if name_ == "slipway_api_requests_total"),
+            key=lambda item: -item[2])
+        say("  requests per rollout: " + ", ".join(
+            f"{verb} {resource} {count / len(rolled):.2f}"
+            for verb, resource, count in by_resource if count))
 
         # 7. unrelated churn, against an idle window of the same length
         say(f"7/7 {args.churn} unrelated pods created and deleted in {CHURN_NS}")

@@ -138,9 +138,9 @@ class ReadyEndpoints(_Loop):
         except Exception:  # noqa: BLE001 - a missed sample is no sample
             pass
 
-    @property
-    def least(self) -> int:
-        return min(count for _, count in self.samples)
+    def least_since(self, start: float) -> int:
+        """The fewest ready endpoints sampled from ``start`` (a time.time()) on."""
+        return min(count for at, count in self.samples if at >= start)
 
 
 def user_requests(cluster: dev_cluster.ClusterState, pod: dict[str, Any]) -> int:

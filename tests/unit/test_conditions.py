@@ -40,3 +40,24 @@ def test_get_finds_a_condition_by_type() -> None:
 
 def test_now_is_rfc3339_utc() -> None:
     assert conditions.now().endswith("Z") and "T" in conditions.now()
+
+
+def test_only_counts_and_message_wording_are_progress() -> None:
+    def status(phase: str, ready: int, message: str, reason: str = "Progressing",
+               cond: str = "False", **extra: object) -> dict[str, object]:
+        return {"phase": phase, "readyReplicas": ready, "verifiedPods": f"0/{ready + 1}",
+                "conditions": [{"type": "Ready", "status": cond, "reason": reason,
+                                "message": message, "observedGeneration": 2,
+                                "lastTransitionTime": "2026-12-02T00:00:00Z"}], **extra}
+
+    old = status("Progressing", 0, "rolling out revision abc")
+    assert conditions.progress_only(old, status("Progressing", 1, "0 of 1 updated replicas"))
+    assert not conditions.progress_only(old, old)  # nothing to write at all
+    assert not conditions.progress_only(old, status("Verifying", 1, "x"))  # a phase
+    assert not conditions.progress_only(old, status("Progressing", 1, "x", reason="Verifying"))
+    assert not conditions.progress_only(old, status("Progressing", 0, "x", cond="True"))
+    assert not conditions.progress_only(  # a pod's verification is a decision
+        old, status("Progressing", 0, "x", podVerification={"pods": [{"pod": "p"}]}))
+    turned = status("Progressing", 0, "rolling out revision abc")
+    turned["conditions"][0]["observedGeneration"] = 3  # type: ignore[index]
+    assert not conditions.progress_only(old, turned)

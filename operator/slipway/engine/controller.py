@@ -164,6 +164,39 @@ class SpecCache:
 
 SPECS = SpecCache()
 VERIFIER = verifier.Verifier()
+
+
+class ProgressFold:
+    """When each object's status was last written. A write that reports progress only
+    (conditions.progress_only: counts, the wording of a message) waits until ``fold_seconds``
+    (SLIPWAY_PROGRESS_FOLD_SECONDS, 5 s) have passed since the last write, folding the progress of a rollout's pods into fewer writes;
+    each status write of a ModelDeployment costs the API server about 15 ms of CPU (measured:
+    ten times a ConfigMap's), and brings an event back to every watcher. Decisions (a phase, a
+    verdict, a pod's verification, a condition that turns) are written at once."""
+
+    def __init__(self, fold_seconds: float = 5.0) -> None:
+        self.fold_seconds = fold_seconds
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], float] = {}
+
+    def wait_for(self, key: tuple[str, str]) -> float:
+        """Seconds a progress-only write of ``key`` should wait (0: write now)."""
+        with self._lock:
+            last = self._last.get(key)
+        if last is None:
+            return 0.0
+        return max(0.0, last + self.fold_seconds - time.monotonic())
+
+    def wrote(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._last[key] = time.monotonic()
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._last.pop(key, None)
+
+
+PROGRESS = ProgressFold()
 POD_RESULTS_KEPT = 32  # per-pod verdicts kept in status.podVerification (newest last)
 
 
@@ -536,11 +569,22 @@ class Reconciler:
         self.deployment: dict[str, Any] | None = None  # as read by _observe
         self.service: dict[str, Any] | None = None  # as read by _observe
         self._live_units: set[str] = set()  # the pod runs this reconcile still wants
+        # A progress-only status write held back: look again in this many seconds.
+        self.progress_due: float | None = None
 
     def write(self, status: dict[str, Any]) -> None:
         patch = status_patch(self.written, status)
         if patch:
+            key = (self.meta.namespace, self.meta.name)
+            if conditions.progress_only(self.written, status):
+                wait = PROGRESS.wait_for(key)
+                if wait > 0:
+                    # Folded into a later write; this reconcile comes back for it.
+                    self.progress_due = wait if self.progress_due is None else \
+                        min(self.progress_due, wait)
+                    return
             version = self.write_status(self.meta.namespace, self.meta.name, patch)
+            PROGRESS.wrote(key)
             if isinstance(version, str):
                 self.version = version
             self.written = status
@@ -579,6 +623,14 @@ class Reconciler:
         return Outcome(status, events, requeue_after=recheck_after)
 
     def run(self) -> Outcome:
+        outcome = self._run_guarded()
+        if self.progress_due is not None:
+            due = self.progress_due
+            outcome.requeue_after = due if outcome.requeue_after is None else \
+                min(outcome.requeue_after, due)
+        return outcome
+
+    def _run_guarded(self) -> Outcome:
         generation = self.meta.generation or 0
         try:
             spec = SPECS.parse((self.meta.uid or self.meta.name, generation),

@@ -63,3 +63,24 @@ def set_condition(
     rank = {name: index for index, name in enumerate(ORDER)}
     return sorted(merged, key=lambda c: (rank.get(c.get("type", ""), len(rank)), c.get("type")))
 
+
+
+# Status fields that only report how far a rollout has come: counts, and the wording of the
+# conditions' messages. Nothing is decided by them, and a restart recomputes them.
+PROGRESS_FIELDS = frozenset({"replicas", "readyReplicas", "verifiedPods", "conditions"})
+
+
+def _condition_states(status: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [(c.get("type"), c.get("status"), c.get("reason"), c.get("observedGeneration"))
+            for c in status.get("conditions") or []]
+
+
+def progress_only(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new`` differs from ``old`` only in progress: counts and condition messages,
+    with every condition's type, status, reason and generation as they were (a condition
+    that turns, a phase, a verdict, a pod's verification or a rollback target is never
+    progress only)."""
+    changed = {key for key in set(old) | set(new) if old.get(key) != new.get(key)}
+    if not changed or not changed <= PROGRESS_FIELDS:
+        return False
+    return _condition_states(old) == _condition_states(new)
