@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -248,7 +249,9 @@ def until(check: object, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def test_a_due_look_waits_for_a_worker_once_per_object() -> None:
+def one_busy_worker() -> tuple[Any, list[str], threading.Event]:
+    """Timers with one worker, held by the look at "busy" until the event is set; ``ran``
+    lists the looks in the order they ran."""
     from slipway.engine import handlers
 
     release = threading.Event()
@@ -262,6 +265,11 @@ def test_a_due_look_waits_for_a_worker_once_per_object() -> None:
     timers = handlers.Timers(run, workers=1)
     timers.schedule("ml", "busy", 0)  # holds the only worker
     until(lambda: ran == ["busy"])
+    return timers, ran, release
+
+
+def test_a_due_look_waits_for_a_worker_once_per_object() -> None:
+    timers, ran, release = one_busy_worker()
     for _ in range(5):  # events of one object while it waits for the worker
         timers.schedule("ml", "iris", 0)
         time.sleep(0.05)
@@ -276,19 +284,7 @@ def test_a_due_look_waits_for_a_worker_once_per_object() -> None:
 
 
 def test_a_new_spec_goes_before_other_waiting_looks_but_cannot_starve_them() -> None:
-    from slipway.engine import handlers
-
-    release = threading.Event()
-    ran: list[str] = []
-
-    def run(namespace: str, name: str) -> None:
-        ran.append(name)
-        if name == "busy":
-            release.wait(10)
-
-    timers = handlers.Timers(run, workers=1)
-    timers.schedule("ml", "busy", 0)  # holds the only worker
-    until(lambda: ran == ["busy"])
+    timers, ran, release = one_busy_worker()
     timers.schedule("ml", "pod-change", 0)
     timers.schedule("ml", "promoted", 0)
     until(lambda: timers.queued() == 2)
@@ -299,8 +295,7 @@ def test_a_new_spec_goes_before_other_waiting_looks_but_cannot_starve_them() -> 
     release.set()
     until(lambda: len(ran) == 9)
     time.sleep(0.2)
-    in_a_row = handlers.Timers.URGENT_IN_A_ROW
-    assert in_a_row == 4
+    assert timers.URGENT_IN_A_ROW == 4
     # Four urgent ones, then the oldest other one, then the urgent ones left, then the rest.
     assert ran == ["busy", "new-0", "new-1", "new-2", "new-3", "pod-change", "new-4", "new-5",
                    "promoted"], ran
