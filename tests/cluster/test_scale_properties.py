@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from slipway.engine import controller
 from tests.cluster.conftest import Operator
 from tests.cluster.kube import Kubectl, load_yaml, wait_until
 from tests.conftest import EXAMPLES
@@ -139,7 +140,7 @@ def test_fifty_releases_cost_nothing_for_unrelated_objects_and_no_reads_per_pod_
 
     # Once the progress still held back has been written (replica counts are written at most
     # every SLIPWAY_PROGRESS_FOLD_SECONDS, 5 s, after an object's last status write)
-    quiet_writes(operator, quiet=PROGRESS_FOLD_SECONDS + 2, timeout=60)
+    quiet_writes(operator, quiet=controller.PROGRESS_FOLD_SECONDS + 2, timeout=60)
     # When every ModelDeployment is touched without a change to its spec
     writes = requests(operator, WRITES)
     writes_by_kind = {(verb, res): v for (_, verb, res, v) in _by_kind(operator)}
@@ -153,9 +154,6 @@ def test_fifty_releases_cost_nothing_for_unrelated_objects_and_no_reads_per_pod_
                        json.dumps({f"{verb} {res}": v - writes_by_kind.get((verb, res), 0)
                                    for (_, verb, res, v) in _by_kind(operator)
                                    if verb in WRITES and v != writes_by_kind.get((verb, res))}))
-
-
-PROGRESS_FOLD_SECONDS = 5.0
 
 
 def quiet_writes(operator: Operator, quiet: float, timeout: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import yaml
@@ -263,3 +264,40 @@ def test_the_recorded_target_is_read_by_name(revisions: Revisions) -> None:
     target = controller.load_target(META, {"rollbackTarget": {"revision": "a",
                                                               "controllerRevision": "iris-a"}})
     assert target is not None and (target.revision, target.generation) == ("a", 1)
+
+
+def test_progress_is_folded_into_a_later_write_but_decisions_go_out_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller, "PROGRESS", controller.ProgressFold(fold_seconds=0.3))
+    condition = {"type": "Ready", "status": "False", "reason": "Progressing",
+                 "observedGeneration": 2, "message": "rolling out"}
+    status = {"phase": "Progressing", "readyReplicas": 0, "conditions": [condition]}
+    body = {"metadata": {"name": "iris", "namespace": "ns", "generation": 2}, "status": status}
+    written: list[dict] = []
+
+    def reconciler() -> controller.Reconciler:
+        return controller.Reconciler(body, lambda e: None,
+                                     lambda ns, name, patch: written.append(patch))
+
+    # Given a status write just made
+    first = reconciler()
+    first.write({**status, "readyReplicas": 1})
+    assert len(written) == 1 and first.progress_due is None
+    # When a count and a message change right after: held back, with a look again due
+    progress = {**first.written, "readyReplicas": 2,
+                "conditions": [{**condition, "message": "1 of 2 updated replicas"}]}
+    held = reconciler()
+    held.write(progress)
+    assert len(written) == 1
+    assert held.progress_due is not None and 0 < held.progress_due <= 0.3
+    # But a decision in the same window is written at once, and carries the progress along
+    decision = {**progress, "phase": "Verifying",
+                "conditions": [{**condition, "reason": "Verifying"}]}
+    reconciler().write(decision)
+    assert len(written) == 2
+    assert written[1]["phase"] == "Verifying" and written[1]["readyReplicas"] == 2
+    # And once the window has passed, progress alone is written too
+    time.sleep(0.35)
+    later = reconciler()
+    later.write({**status, "readyReplicas": 2})
+    assert len(written) == 3 and later.progress_due is None

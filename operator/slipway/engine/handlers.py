@@ -72,7 +72,8 @@ MAX_WORKERS = int(_env_float("SLIPWAY_MAX_WORKERS", 8))
 # of when they fell due (slipway_reconciles_queued). Smoke tests do not hold these.
 RECONCILE_WORKERS = int(_env_float("SLIPWAY_RECONCILE_WORKERS", 8))
 # A status write that only reports progress waits this long after the object's last one.
-controller.PROGRESS.fold_seconds = _env_float("SLIPWAY_PROGRESS_FOLD_SECONDS", 5.0)
+controller.PROGRESS.fold_seconds = _env_float("SLIPWAY_PROGRESS_FOLD_SECONDS",
+                                              controller.PROGRESS_FOLD_SECONDS)
 CONFLICT_RECHECK = _env_float("SLIPWAY_CONFLICT_RECHECK_SECONDS",
                               controller.CONFLICT_RECHECK_SECONDS)
 controller.VERIFIER.limit(

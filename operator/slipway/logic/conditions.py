@@ -64,7 +64,6 @@ def set_condition(
     return sorted(merged, key=lambda c: (rank.get(c.get("type", ""), len(rank)), c.get("type")))
 
 
-
 # Status fields that only report how far a rollout has come: counts, and the wording of the
 # conditions' messages. Nothing is decided by them, and a restart recomputes them.
 PROGRESS_FIELDS = frozenset({"replicas", "readyReplicas", "verifiedPods", "conditions"})
