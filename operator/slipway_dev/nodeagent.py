@@ -91,6 +91,7 @@ class Container:
         self.next_start = 0.0
         self.has_run = False
         self.kill_deadline: float | None = None
+        self.term_at: float | None = None  # SIGTERM once a preStop sleep is over
         self.kill_reason = ""
         self.trackers: dict[str, probes.ProbeTracker] = {}
         self.env: dict[str, str] = {}
@@ -231,6 +232,9 @@ class Container:
         assert self.proc is not None
         code = self.proc.poll()
         if code is None:
+            if self.term_at is not None and now >= self.term_at:
+                self.term_at = None
+                self.signal(signal.SIGTERM)
             if self.kill_deadline is not None and now >= self.kill_deadline:
                 self.signal(signal.SIGKILL)
             return
@@ -244,7 +248,7 @@ class Container:
         st.exit_code, st.finished_at = exit_code, podlogic.now_rfc3339()
         st.state, st.reason, st.message = "terminated", reason, message
         st.ready = st.started = False
-        self.kill_deadline, self.kill_reason = None, ""
+        self.kill_deadline, self.term_at, self.kill_reason = None, None, ""
         log.info("%s: %s exited with %d (%s)", worker.key, self.name, exit_code, reason)
         if worker.deleting:
             return
@@ -315,8 +319,24 @@ class Container:
             )
         return ok, msg
 
-    def kill(self, reason: str, grace: float | None = None) -> None:
-        """SIGTERM now, SIGKILL after the grace period (checked on later ticks)."""
+    def prestop_sleep(self) -> float:
+        """Seconds of the container's ``lifecycle.preStop.sleep`` hook (0: none). The other
+        handlers (exec, httpGet) are not run here: logged, and the container is stopped at once."""
+        hook = ((self.spec.get("lifecycle") or {}).get("preStop")) or {}
+        if not hook:
+            return 0.0
+        sleep = hook.get("sleep")
+        if isinstance(sleep, dict) and isinstance(sleep.get("seconds"), int):
+            return float(max(0, sleep["seconds"]))
+        log.warning("%s: %s: preStop handler %s is not supported by the node agent; skipped",
+                    self.worker.key, self.name, sorted(hook))
+        return 0.0
+
+    def kill(self, reason: str, grace: float | None = None, prestop: bool = True) -> None:
+        """Stop the container as the kubelet does: its preStop sleep first (the process keeps
+        running and serving, so that endpoints stop routing to it before it goes), then SIGTERM,
+        then SIGKILL once the grace period, which counts from the start of the hook, is over
+        (at least 2 s after the SIGTERM). Checked on later ticks."""
         if self.proc is None or self.kill_deadline is not None:
             return
         if grace is None:
@@ -326,8 +346,14 @@ class Container:
             self.worker.event("Normal", "Killing", reason)
         self.kill_reason = reason
         self.status.ready = False
-        self.signal(signal.SIGTERM)
-        self.kill_deadline = time.monotonic() + grace
+        now = time.monotonic()
+        hook = min(self.prestop_sleep(), grace) if prestop else 0.0
+        if hook > 0:
+            log.info("%s: %s: preStop sleep %gs", self.worker.key, self.name, hook)
+            self.term_at = now + hook
+        else:
+            self.signal(signal.SIGTERM)
+        self.kill_deadline = now + hook + max(2.0, grace - hook)
 
     def signal(self, sig: int) -> None:
         if self.proc is None:
@@ -416,7 +442,7 @@ class PodWorker(threading.Thread):
 
     def tick(self, now: float) -> None:
         if self.vanished:
-            self.stop_all(grace=2.0)
+            self.stop_all(grace=2.0, prestop=False)  # force-deleted: nobody routes to it
             if not any(c.running for c in self.all_containers()) or now > self.delete_deadline:
                 self.done = True
             return
@@ -510,11 +536,11 @@ class PodWorker(threading.Thread):
             log.info("%s: phase %s", self.key, status["phase"])
         self.last_sent = status
 
-    def stop_all(self, grace: float) -> None:
+    def stop_all(self, grace: float, prestop: bool = True) -> None:
         if not self.delete_deadline:
             self.delete_deadline = time.monotonic() + grace + 5
         for c in self.all_containers():
-            c.kill("pod is being deleted", grace)
+            c.kill("pod is being deleted", grace, prestop)
             if c.proc is not None:
                 c._check_process(time.monotonic())
 

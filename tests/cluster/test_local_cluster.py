@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import urllib.request
 from typing import Any
 
@@ -162,6 +163,44 @@ def test_deleted_pod_is_stopped_and_removed(kubectl: Kubectl, namespace: str) ->
                timeout=60, what="container started")
     kubectl.run("delete", "pod", "short", "-n", namespace, "--wait=true", "--timeout=30s")
     assert kubectl.get("pod", "short", namespace) is None
+
+
+def test_a_pre_stop_sleep_keeps_a_deleted_pod_serving_then_it_is_stopped(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    # Given a serving pod whose container has a 3 s preStop sleep (the hook Slipway renders)
+    manifest = pod("draining", "registry.example.com/slipway/reference-model:1.0.0",
+                   readiness_path="/readyz")
+    manifest["spec"]["containers"][0]["lifecycle"] = {"preStop": {"sleep": {"seconds": 3}}}
+    manifest["spec"]["terminationGracePeriodSeconds"] = 20
+    kubectl.apply(manifest, namespace)
+    wait_until(lambda: (condition(kubectl.get("pod", "draining", namespace), "Ready") or {})
+               .get("status") == "True", timeout=60, what="Ready=True",
+               diagnose=lambda: kubectl.describe("pod", "draining", namespace))
+    ip = kubectl.get("pod", "draining", namespace)["status"]["podIP"]
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def answers() -> bool:
+        try:
+            with opener.open(f"http://{ip}:8080/readyz", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    # When it is deleted
+    kubectl.run("delete", "pod", "draining", "-n", namespace, "--wait=false")
+    deleted = time.monotonic()
+    last_answer = deleted
+    while time.monotonic() - deleted < 15 and kubectl.get("pod", "draining", namespace):
+        if answers():
+            last_answer = time.monotonic()
+        time.sleep(0.2)
+    gone = time.monotonic()
+    # Then it answered through the sleep, got its SIGTERM after it, and went within the grace
+    assert last_answer - deleted >= 2.5, f"stopped serving {last_answer - deleted:.1f}s in"
+    assert gone - deleted >= 3.0
+    assert kubectl.get("pod", "draining", namespace) is None, "still there after 15 s"
+    assert not answers()
 
 
 @pytest.mark.parametrize(("mutate", "field"), [

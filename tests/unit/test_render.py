@@ -77,6 +77,20 @@ def test_revision_changes_with_the_image_and_not_with_rollout_settings() -> None
     assert rendered(doc).revision != before
 
 
+def test_a_pod_going_away_drains_before_its_sigterm_unless_turned_off() -> None:
+    doc = load("minimal.yaml")
+    pod = rendered(doc).deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod["terminationGracePeriodSeconds"] == 35  # the drain, then 30 s to stop
+    doc["spec"]["runtime"]["drainSeconds"] = 0
+    off = rendered(doc).deployment["spec"]["template"]["spec"]
+    assert "lifecycle" not in off["containers"][0]
+    assert off["terminationGracePeriodSeconds"] == 30
+    doc["spec"]["runtime"]["drainSeconds"] = 121
+    with pytest.raises(validation.SpecError, match="drainSeconds"):
+        rendered(doc)
+
+
 def test_revision_label_is_on_the_pods_but_not_in_the_immutable_selector() -> None:
     deployment = rendered(load("minimal.yaml")).deployment
     labels = deployment["spec"]["template"]["metadata"]["labels"]

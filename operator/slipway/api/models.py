@@ -484,6 +484,14 @@ class Runtime(Base):
     run_as_user: Annotated[int, Field(ge=1, le=2147483647)] = Field(
         default=65532, description="Non-root UID the container runs as. Default 65532."
     )
+    drain_seconds: Annotated[int, Field(ge=0, le=120)] = Field(
+        default=5, description="Seconds a pod that is going away (replaced, reverted, scaled "
+        "down) keeps serving before it is stopped: a preStop sleep, so that EndpointSlices, "
+        "kube-proxy and ingresses stop routing to it first and no request in flight is cut. "
+        "The termination grace period is 30 s on top. Default 5; 0 turns it off (needed on "
+        "Kubernetes before 1.30, which has no sleep hook). Part of the pod template: a change "
+        "rolls out as a new revision."
+    )
 
     _scoring_path = pydantic.field_validator("scoring_path")(_checked_path)
 

@@ -26,6 +26,7 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_OWNER = "slipway.dev/model-deployment"
 LABEL_REVISION = "slipway.dev/revision"
+STOP_GRACE_SECONDS = 30  # from SIGTERM to SIGKILL, after the drain
 ANNOTATION_GENERATION = "slipway.dev/generation"
 ANNOTATION_MODEL_URI = "slipway.dev/model-uri"
 
@@ -153,6 +154,10 @@ def render_container(spec: models.ModelDeploymentSpec) -> dict[str, Any]:
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     container["volumeMounts"] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    if spec.runtime.drain_seconds:
+        # Endpoints and proxies learn of a deletion a moment after the kubelet does: the pod
+        # serves on meanwhile, and only then gets its SIGTERM.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.runtime.drain_seconds}}}
     container["imagePullPolicy"] = "IfNotPresent"
     container["terminationMessagePolicy"] = "FallbackToLogsOnError"
     return container
@@ -172,7 +177,7 @@ def render_pod_template(spec: models.ModelDeploymentSpec, meta: Meta) -> dict[st
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": STOP_GRACE_SECONDS + spec.runtime.drain_seconds,
         # No traffic before this very pod passed its smoke tests: the operator opens the gate.
         "readinessGates": [{"conditionType": GATE}],
     }
