@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import threading
 import time
 
 import pytest
@@ -301,3 +303,36 @@ def test_progress_is_folded_into_a_later_write_but_decisions_go_out_at_once(
     later = reconciler()
     later.write({**status, "readyReplicas": 2})
     assert len(written) == 3 and later.progress_due is None
+
+
+def test_a_new_objects_two_children_go_out_at_once_and_errors_come_back() -> None:
+    # Each side waits for the other at a barrier: done one after the other, both time out.
+    barrier = threading.Barrier(2, timeout=5)
+    tag: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="")
+    tag.set("reconcile of ns/iris")  # kopf's logging context travels with the second call
+
+    def side(name: str) -> tuple[str, str]:
+        barrier.wait()
+        return name, tag.get()
+
+    assert controller.at_once(lambda: side("deployment"), lambda: side("service")) == (
+        ("deployment", "reconcile of ns/iris"), ("service", "reconcile of ns/iris"))
+
+    finished: list[str] = []
+
+    def slow_second() -> None:
+        time.sleep(0.2)
+        finished.append("second")
+
+    def failing_first() -> None:
+        raise kube.ChildConflict("Deployment iris is controlled by someone else")
+
+    with pytest.raises(kube.ChildConflict, match="someone else"):
+        controller.at_once(failing_first, slow_second)
+    assert finished == ["second"]  # the other request was waited for, not left running
+
+    def failing_second() -> None:
+        raise RuntimeError("503 from the API server")
+
+    with pytest.raises(RuntimeError, match="503"):
+        controller.at_once(lambda: None, failing_second)

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextvars
 import dataclasses
 import json
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.client.rest import ApiException
 
@@ -43,6 +45,24 @@ SMOKE_ROUTE_ENV = "SLIPWAY_SMOKE_ROUTE"  # auto (default), direct, or proxy
 
 
 Event = lifecycle.Event
+T = TypeVar("T")
+U = TypeVar("U")
+
+# The second of two independent requests (the Deployment's and the Service's), sent while the
+# reconcile thread sends the first: one round trip for both, not two.
+_PAIRED = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="slipway-pair")
+
+
+def at_once(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
+    """``first()`` on this thread and ``second()`` on a helper, at the same time; both are
+    done when this returns, and the first error (``first``'s before ``second``'s) is raised."""
+    future = _PAIRED.submit(contextvars.copy_context().run, second)
+    try:
+        a = first()
+    except BaseException:
+        concurrent.futures.wait([future])
+        raise
+    return a, future.result()
 
 
 @dataclasses.dataclass
@@ -676,10 +696,14 @@ class Reconciler:
         # adopting what holds its name (a stranger's object carries none of Slipway's labels,
         # and the watch never delivers it).
         deployment = cache.STORE.get(cache.DEPLOYMENT, meta.namespace, meta.name)
-        if deployment is None:
-            deployment = kube.read_deployment(meta.namespace, meta.name)
         service = cache.STORE.get(cache.SERVICE, meta.namespace, meta.name)
-        if service is None:
+        if deployment is None and service is None:  # a new object: both reads at once
+            deployment, service = at_once(
+                lambda: kube.read_deployment(meta.namespace, meta.name),
+                lambda: kube.read_service(meta.namespace, meta.name))
+        elif deployment is None:
+            deployment = kube.read_deployment(meta.namespace, meta.name)
+        elif service is None:
             service = kube.read_service(meta.namespace, meta.name)
         self.deployment, self.service = deployment, service
         # Fail before deciding or writing anything when a child's name is a stranger's: a
@@ -1100,12 +1124,19 @@ class Reconciler:
             return
         # The children as _observe read them: no second GET per reconcile. If it changed since,
         # that change is an event of its own and brings another reconcile.
+        deployment: dict[str, Any] | None = None
         if serving == observed.desired or decision.action == "apply-desired":
-            kube.apply_deployment(rendered.deployment, self.deployment)
+            deployment = rendered.deployment
         elif target is not None and serving == target.revision:
-            template = target.pod_template
-            deployment = render.render_deployment(target.spec, meta, pod_template=template,
+            deployment = render.render_deployment(target.spec, meta,
+                                                  pod_template=target.pod_template,
                                                   revision=target.revision)
+        if deployment is not None and self.deployment is None and self.service is None:
+            want = deployment  # a new object's two children: both created at once
+            at_once(lambda: kube.apply_deployment(want, None),
+                    lambda: kube.apply_service(rendered.service, None))
+            return
+        if deployment is not None:
             kube.apply_deployment(deployment, self.deployment)
         kube.apply_service(rendered.service, self.service)
 
