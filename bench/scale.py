@@ -13,7 +13,8 @@ prints, each Slipway figure next to its floor:
    floor: the same two children created directly with the same client;
 2. ``--objects`` applied at once (``--writers`` threads) → all children seen; floor: the same
    2 × N children created at once with the same client and threads (replicas 0: the floor is
-   the API server's, not the pods');
+   the API server's, not the pods'); with ``--floor-with-pods`` a second floor with one pod
+   per Deployment, which the cluster starts while the rest are created, as for Slipway's;
 3. time until all N are Ready (every pod verified behind its gate, then the release);
 4. operator RSS at 0, 100 and N objects, and over ``--soak-minutes`` of idle resyncs;
 5. CPU seconds per good rollout (a new model version on ``--rollouts`` objects, 1 replica);
@@ -87,6 +88,9 @@ def release(name: str, version: str = "1.0.0") -> dict[str, Any]:
     # probes every pod of the run on two cores.
     for probe in ("readiness", "liveness"):
         doc["spec"]["probes"][probe]["periodSeconds"] = 10
+    # And ten minutes to start, not the example's 60 s: at 1,000 objects a reference server
+    # took longer than that to answer its first probe, and was restarted into a CrashLoop.
+    doc["spec"]["probes"]["startup"].update({"periodSeconds": 5, "failureThreshold": 120})
     # One pod per object at any time: the pod network is one Linux bridge, which takes at most
     # 1,024 ports (pods).
     doc["spec"]["rollout"].update({"maxSurge": 0, "maxUnavailable": 1})
@@ -110,8 +114,9 @@ def _relabel(value: Any) -> Any:
     return value
 
 
-def floor_children(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Deployment and Service Slipway renders for ``release(name)``, as a stranger's."""
+def floor_children(name: str, replicas: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Deployment and Service Slipway renders for ``release(name)``, as a stranger's,
+    with ``replicas`` pods (no readiness gate: nothing would open it)."""
     spec = validation.parse_spec(release(name)["spec"])
     rendered = render.render(spec, render.Meta(name=name, namespace=FLOOR_NS))
     deployment, service = (_relabel(copy.deepcopy(obj)) for obj in
@@ -119,7 +124,7 @@ def floor_children(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     for obj in (deployment, service):
         obj["metadata"].pop("ownerReferences", None)
         obj["metadata"]["namespace"] = FLOOR_NS
-    deployment["spec"]["replicas"] = 0
+    deployment["spec"]["replicas"] = replicas
     deployment["spec"]["template"]["spec"].pop("readinessGates", None)
     return deployment, service
 
@@ -275,6 +280,10 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--soak-minutes", type=float, default=30)
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
+    parser.add_argument("--floor-with-pods", action="store_true",
+                        help="also measure the burst's floor with one pod per Deployment, "
+                             "started by the cluster as Slipway's are (the pods are deleted "
+                             "again before Slipway's burst; minutes at 1,000)")
     parser.add_argument("--profile", type=pathlib.Path, default=None,
                         help="record the operator with py-spy (pip install -e '.[bench]') "
                              "during the rollouts of step 5, into this folder: collapsed "
@@ -320,8 +329,8 @@ def main() -> None:
             custom.create_namespaced_custom_object("slipway.dev", "v1alpha1", NS,
                                                    "modeldeployments", body)
 
-        def create_floor(name: str) -> None:
-            deployment, service = floor_children(name)
+        def create_floor(name: str, replicas: int = 0) -> None:
+            deployment, service = floor_children(name, replicas)
             apps.create_namespaced_deployment(FLOOR_NS, deployment)
             core.create_namespaced_service(FLOOR_NS, service)
 
@@ -365,6 +374,27 @@ def main() -> None:
         say(f"  floor: all children of {n} in {burst_floor:.1f} s")
         delete_all(kubectl, "deployments,services", FLOOR_NS)
         time.sleep(5)
+        burst_floor_pods = None
+        if args.floor_with_pods:
+            # The same, while the cluster starts a pod for each Deployment, as it does for
+            # Slipway's: what the pods' start costs the API server and the machine, apart.
+            say(f"2/7 {n} floor pairs at once with one pod each")
+            # Names of their own: the watch keeps the first time it saw each (namespace, name)
+            podded = [f"podfloor-{i:04d}" for i in range(n)]
+            sent = time.monotonic()
+            create_all([lambda name=name: create_floor(name, 1) for name in podded],
+                       args.writers)
+            wait(lambda: all(children_seen(FLOOR_NS, name) for name in podded), 600,
+                 "all floor children",
+                 lambda: f"{sum(1 for m in podded if children_seen(FLOOR_NS, m))}/{n}")
+            burst_floor_pods = max(children_seen(FLOOR_NS, name)  # type: ignore[type-var]
+                                   for name in podded) - sent
+            say(f"  floor with pods: all children of {n} in {burst_floor_pods:.1f} s")
+            delete_all(kubectl, "deployments,services", FLOOR_NS)
+            wait(lambda: not core.list_namespaced_pod(FLOOR_NS).items, 900,
+                 "the floor's pods gone",
+                 lambda: f"{len(core.list_namespaced_pod(FLOOR_NS).items)} left")
+            time.sleep(5)
 
         say(f"2/7 {n} ModelDeployments at once ({args.writers} writers)")
         cpu0 = operator.cpu()
@@ -477,6 +507,10 @@ def main() -> None:
               f"{statistics.median(single) / statistics.median(single_floor):.2f}× |")
         print(f"| {n} applied at once → all children | {burst:.1f} s | {burst_floor:.1f} s | "
               f"{burst / burst_floor:.2f}× |")
+        if burst_floor_pods is not None:
+            print(f"| the same, floor with one pod per Deployment started as it goes | "
+                  f"{burst:.1f} s | {burst_floor_pods:.1f} s | "
+                  f"{burst / burst_floor_pods:.2f}× |")
         print(f"| {n} applied at once → all Ready | {all_ready:.1f} s | | |")
         print(f"| operator CPU, first rollout of all {n} | {cpu_first:.1f} s "
               f"({cpu_first / n * 1000:.0f} ms each) | | |")

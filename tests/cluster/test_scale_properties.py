@@ -76,9 +76,7 @@ def test_fifty_releases_cost_nothing_for_unrelated_objects_and_no_reads_per_pod_
     other = f"{namespace}-x"[:63]
     kubectl.run("create", "namespace", other)
     try:
-        ours = {kind: versions(kubectl, namespace, res) for kind, res in CHILD_KINDS.items()}
-        events = {kind: operator.metric("slipway_watch_events_total", kind=kind)
-                  for kind in CHILD_KINDS}
+        ours, events = settled(kubectl, operator, namespace)
         unrelated = []
         for i in range(COUNT):
             unrelated.append({"apiVersion": "v1", "kind": "Pod", "metadata": {
@@ -154,6 +152,34 @@ def test_fifty_releases_cost_nothing_for_unrelated_objects_and_no_reads_per_pod_
                        json.dumps({f"{verb} {res}": v - writes_by_kind.get((verb, res), 0)
                                    for (_, verb, res, v) in _by_kind(operator)
                                    if verb in WRITES and v != writes_by_kind.get((verb, res))}))
+
+
+def settled(kubectl: Kubectl, operator: Operator, namespace: str,
+            quiet: float = 3.0, timeout: float = 120,
+            ) -> tuple[dict[str, dict[str, str]], dict[str, float]]:
+    """Snapshots of Slipway's own children and of the watch events delivered so far, taken
+    once every event of a change made before them has arrived: the resource versions are read,
+    the event counters must then hold still for ``quiet`` seconds, and the versions must be the
+    same afterwards (else again). Without this, the Deployment controller's last status write
+    of a release just Ready could be read in the first snapshot and its event counted after
+    the second, as if an unrelated object had reached the operator (CI saw 3)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert time.monotonic() < deadline, (
+            f"Slipway's own children kept changing for {timeout:.0f} s")
+        ours = {kind: versions(kubectl, namespace, res) for kind, res in CHILD_KINDS.items()}
+        events = {kind: operator.metric("slipway_watch_events_total", kind=kind)
+                  for kind in CHILD_KINDS}
+        since = time.monotonic()
+        while time.monotonic() - since < quiet:
+            time.sleep(0.5)
+            now = {kind: operator.metric("slipway_watch_events_total", kind=kind)
+                   for kind in CHILD_KINDS}
+            if now != events:
+                events, since = now, time.monotonic()
+        again = {kind: versions(kubectl, namespace, res) for kind, res in CHILD_KINDS.items()}
+        if again == ours:
+            return ours, events
 
 
 def quiet_writes(operator: Operator, quiet: float, timeout: float) -> None:
