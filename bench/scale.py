@@ -363,14 +363,19 @@ def main() -> None:
              "the single releases' Deployments gone")
         wait(lambda: not core.list_namespaced_pod(NS).items, 180, "their pods gone")
 
+        def at_once(ns: str, names: list[str], create: Any, timeout: float) -> float:
+            """``create(name)`` for all ``names`` on the writer threads; seconds until the
+            watch had seen every one's Deployment and Service."""
+            sent = time.monotonic()
+            create_all([lambda name=name: create(name) for name in names], args.writers)
+            wait(lambda: all(children_seen(ns, name) for name in names), timeout,
+                 "all children", lambda: f"{sum(1 for m in names if children_seen(ns, m))}/{n}")
+            return max(children_seen(ns, name) for name in names) - sent  # type: ignore
+
         # 2. at once: the floor first, then Slipway
         say(f"2/7 {n} floor pairs at once ({args.writers} writers)")
         names = [f"model-{i:04d}" for i in range(n)]
-        sent = time.monotonic()
-        create_all([lambda name=name: create_floor(name) for name in names], args.writers)
-        wait(lambda: all(children_seen(FLOOR_NS, name) for name in names), 600,
-             "all floor children", lambda: f"{sum(1 for m in names if children_seen(FLOOR_NS, m))}/{n}")
-        burst_floor = max(children_seen(FLOOR_NS, name) for name in names) - sent  # type: ignore
+        burst_floor = at_once(FLOOR_NS, names, create_floor, 600)
         say(f"  floor: all children of {n} in {burst_floor:.1f} s")
         delete_all(kubectl, "deployments,services", FLOOR_NS)
         time.sleep(5)
@@ -378,17 +383,10 @@ def main() -> None:
         if args.floor_with_pods:
             # The same, while the cluster starts a pod for each Deployment, as it does for
             # Slipway's: what the pods' start costs the API server and the machine, apart.
-            say(f"2/7 {n} floor pairs at once with one pod each")
             # Names of their own: the watch keeps the first time it saw each (namespace, name)
-            podded = [f"podfloor-{i:04d}" for i in range(n)]
-            sent = time.monotonic()
-            create_all([lambda name=name: create_floor(name, 1) for name in podded],
-                       args.writers)
-            wait(lambda: all(children_seen(FLOOR_NS, name) for name in podded), 600,
-                 "all floor children",
-                 lambda: f"{sum(1 for m in podded if children_seen(FLOOR_NS, m))}/{n}")
-            burst_floor_pods = max(children_seen(FLOOR_NS, name)  # type: ignore[type-var]
-                                   for name in podded) - sent
+            say(f"2/7 {n} floor pairs at once with one pod each")
+            burst_floor_pods = at_once(FLOOR_NS, [f"podfloor-{i:04d}" for i in range(n)],
+                                       lambda name: create_floor(name, 1), 600)
             say(f"  floor with pods: all children of {n} in {burst_floor_pods:.1f} s")
             delete_all(kubectl, "deployments,services", FLOOR_NS)
             wait(lambda: not core.list_namespaced_pod(FLOOR_NS).items, 900,
@@ -399,10 +397,7 @@ def main() -> None:
         say(f"2/7 {n} ModelDeployments at once ({args.writers} writers)")
         cpu0 = operator.cpu()
         sent = time.monotonic()
-        create_all([lambda name=name: create_md(release(name)) for name in names], args.writers)
-        wait(lambda: all(children_seen(NS, name) for name in names), 1200, "all children",
-             lambda: f"{sum(1 for m in names if children_seen(NS, m))}/{n}")
-        burst = max(children_seen(NS, name) for name in names) - sent  # type: ignore
+        burst = at_once(NS, names, lambda name: create_md(release(name)), 1200)
         say(f"  Slipway: all children of {n} in {burst:.1f} s (floor {burst_floor:.1f} s); "
             f"RSS {operator.rss_mib():.0f} MiB")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -21,6 +21,7 @@ from tests.conftest import EXAMPLES
 
 COUNT = 50
 IMAGE = "registry.example.com/slipway/reference-model:1.0.0"
+T = TypeVar("T")
 READS = ("get", "list")
 WRITES = ("create", "patch", "update", "delete")
 CHILD_KINDS = {"Pod": "pods", "Deployment": "deployments", "Service": "services"}
@@ -154,8 +155,7 @@ def test_fifty_releases_cost_nothing_for_unrelated_objects_and_no_reads_per_pod_
                                    if verb in WRITES and v != writes_by_kind.get((verb, res))}))
 
 
-def settled(kubectl: Kubectl, operator: Operator, namespace: str,
-            quiet: float = 3.0, timeout: float = 120,
+def settled(kubectl: Kubectl, operator: Operator, namespace: str, quiet: float = 3.0,
             ) -> tuple[dict[str, dict[str, str]], dict[str, float]]:
     """Snapshots of Slipway's own children and of the watch events delivered so far, taken
     once every event of a change made before them has arrived: the resource versions are read,
@@ -163,35 +163,38 @@ def settled(kubectl: Kubectl, operator: Operator, namespace: str,
     same afterwards (else again). Without this, the Deployment controller's last status write
     of a release just Ready could be read in the first snapshot and its event counted after
     the second, as if an unrelated object had reached the operator (CI saw 3)."""
-    deadline = time.monotonic() + timeout
+    def children() -> dict[str, dict[str, str]]:
+        return {kind: versions(kubectl, namespace, res) for kind, res in CHILD_KINDS.items()}
+
+    def events() -> dict[str, float]:
+        return {kind: operator.metric("slipway_watch_events_total", kind=kind)
+                for kind in CHILD_KINDS}
+
+    deadline = time.monotonic() + 120
     while True:
-        assert time.monotonic() < deadline, (
-            f"Slipway's own children kept changing for {timeout:.0f} s")
-        ours = {kind: versions(kubectl, namespace, res) for kind, res in CHILD_KINDS.items()}
-        events = {kind: operator.metric("slipway_watch_events_total", kind=kind)
-                  for kind in CHILD_KINDS}
-        since = time.monotonic()
-        while time.monotonic() - since < quiet:
-            time.sleep(0.5)
-            now = {kind: operator.metric("slipway_watch_events_total", kind=kind)
-                   for kind in CHILD_KINDS}
-            if now != events:
-                events, since = now, time.monotonic()
-        again = {kind: versions(kubectl, namespace, res) for kind, res in CHILD_KINDS.items()}
-        if again == ours:
-            return ours, events
+        ours = children()
+        delivered = still(events, quiet, deadline, "the watch events")
+        if children() == ours:
+            return ours, delivered
+        assert time.monotonic() < deadline, "Slipway's own children kept changing for 120 s"
 
 
 def quiet_writes(operator: Operator, quiet: float, timeout: float) -> None:
     """Wait until the operator has made no write for ``quiet`` seconds."""
-    deadline = time.monotonic() + timeout
-    last, since = requests(operator, WRITES), time.monotonic()
+    still(lambda: requests(operator, WRITES), quiet, time.monotonic() + timeout,
+          "the operator's writes")
+
+
+def still(read: Callable[[], T], quiet: float, deadline: float, what: str) -> T:
+    """``read()`` once it has returned the same for ``quiet`` seconds (by ``deadline``)."""
+    last, since = read(), time.monotonic()
     while time.monotonic() - since < quiet:
-        assert time.monotonic() < deadline, f"the operator kept writing for {timeout:.0f} s"
+        assert time.monotonic() < deadline, f"{what} kept changing"
         time.sleep(0.5)
-        now = requests(operator, WRITES)
+        now = read()
         if now != last:
             last, since = now, time.monotonic()
+    return last
 
 
 def _by_kind(operator: Operator) -> list[tuple[str, str, str, float]]:
