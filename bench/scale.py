@@ -88,6 +88,13 @@ def release(name: str, version: str = "1.0.0") -> dict[str, Any]:
     # probes every pod of the run on two cores.
     for probe in ("readiness", "liveness"):
         doc["spec"]["probes"][probe]["periodSeconds"] = 10
+    # And answers given 10 s, liveness 6 misses (a minute): on two cores busy with a thousand
+    # servers, a slow answer must not be a restart. (The two 1,000-object runs of 2026-12-03
+    # that stopped at 512 Ready were not slow servers: the host's ARP table overflowed at
+    # 512 entries and the other pods were unreachable; podnet.ensure_neighbour_room.)
+    for probe in ("readiness", "liveness", "startup"):
+        doc["spec"]["probes"][probe]["timeoutSeconds"] = 10
+    doc["spec"]["probes"]["liveness"]["failureThreshold"] = 6
     # And ten minutes to start, not the example's 60 s: at 1,000 objects a reference server
     # took longer than that to answer its first probe, and was restarted into a CrashLoop.
     doc["spec"]["probes"]["startup"].update({"periodSeconds": 5, "failureThreshold": 120})

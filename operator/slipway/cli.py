@@ -140,7 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     return operator_main.run(
         namespaces=args.namespace or [], liveness=args.liveness, standalone=args.standalone,
-        verbose=args.verbose, metrics_port=args.metrics_port,
+        verbose=args.verbose, metrics_port=args.metrics_port, leader_elect=args.leader_elect,
+        lease_ns=args.lease_namespace, lease_name=args.lease_name, identity=args.identity,
     )
 
 
@@ -186,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve Prometheus metrics on this port (0, the default: off)")
     cmd.add_argument("--no-standalone", dest="standalone", action="store_false",
                      help="take part in kopf peering instead of running standalone")
+    cmd.add_argument("--no-leader-elect", dest="leader_elect", action="store_false",
+                     help="act without the leader Lease (only ever one operator running)")
+    cmd.add_argument("--lease-namespace",
+                     help="namespace of the leader Lease (default: the operator pod's own, "
+                     "else slipway-system)")
+    cmd.add_argument("--lease-name", default="slipway-operator",
+                     help="name of the leader Lease (default: %(default)s)")
+    cmd.add_argument("--identity", help="this candidate's name in the Lease (default: the pod's "
+                     "name, POD_NAME; else the host name and a random suffix). Two running "
+                     "operators must never share one")
     cmd.add_argument("-v", "--verbose", action="store_true")
     cmd.set_defaults(func=cmd_run)
 

@@ -440,7 +440,7 @@ def run_operator(state: ClusterState, log: pathlib.Path,
     with open(log, "ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "slipway.cli", "run", "--liveness", "",
-             "--metrics-port", str(metrics_port)],
+             "--metrics-port", str(metrics_port), "--lease-namespace", "default"],
             env={"KUBECONFIG": state.kubeconfig, "PATH": "/usr/bin:/bin", **(env or {})},
             stdout=out, stderr=subprocess.STDOUT)
 

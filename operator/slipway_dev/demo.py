@@ -52,7 +52,7 @@ def ensure_operator(state: cluster.ClusterState, progress: cluster.Progress) -> 
     port = cluster.free_port()
     process = cluster._spawn("operator", [
         sys.executable, "-m", "slipway.cli", "run", "--liveness",
-        f"http://127.0.0.1:{port}/healthz"], logs, env=env)
+        f"http://127.0.0.1:{port}/healthz", "--lease-namespace", "default"], logs, env=env)
     state.components.append(cluster.Component("operator", process.pid,
                                               str(logs / "operator.log"),
                                               f"http://127.0.0.1:{port}/healthz"))

@@ -32,6 +32,41 @@ class PodNet:
     netns: str = ""
 
 
+# The host's ARP table holds one entry per pod on the bridge. Linux's defaults (128 / 512 /
+# 1024) let it grow past 512 only for seconds, and a node full of pods then reports
+# "neighbor table overflow": at 1,000 pods (2026-12-03) exactly 512 of them answered their
+# probes and the rest never did. Raised at the bridge's start to values common on Kubernetes
+# nodes; never lowered.
+NEIGH_THRESHOLDS = (4096, 8192, 16384)
+NEIGH_SYSCTL = pathlib.Path("/proc/sys/net/ipv4/neigh/default")
+
+
+def raised_thresholds(current: Sequence[int], wanted: Sequence[int] = NEIGH_THRESHOLDS,
+                      ) -> tuple[int, ...] | None:
+    """gc_thresh1..3 to write so that each is at least ``wanted`` (None: all already are)."""
+    raised = tuple(max(have, want) for have, want in zip(current, wanted, strict=True))
+    return None if raised == tuple(current) else raised
+
+
+def ensure_neighbour_room(root: pathlib.Path = NEIGH_SYSCTL) -> None:
+    files = [root / f"gc_thresh{i}" for i in (1, 2, 3)]
+    try:
+        current = [int(path.read_text().split()[0]) for path in files]
+    except (OSError, ValueError, IndexError):
+        return  # not Linux's layout: nothing to do
+    raised = raised_thresholds(current)
+    if raised is None:
+        return
+    try:
+        for path, value in zip(files, raised, strict=True):
+            path.write_text(f"{value}\n")
+    except OSError as error:
+        log.warning("could not raise the ARP table's limits %s to %s (%s): beyond about 500 "
+                    "pods, some will not be reachable", current, list(raised), error)
+        return
+    log.info("ARP table limits raised from %s to %s (one entry per pod)", current, list(raised))
+
+
 class AddressPool:
     """Pod addresses of one node: the node's /24 (index i) inside the agent's range."""
 
@@ -135,6 +170,7 @@ class NetnsNetwork:
         _run(["ip", "link", "add", bridge, "type", "bridge"])
         _run(["ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", bridge])
         _run(["ip", "link", "set", bridge, "up"])
+        ensure_neighbour_room()
         log.info("bridge %s %s/%d up", bridge, self.gateway, self.network.prefixlen)
 
     def _check_range_is_free(self) -> None:

@@ -54,7 +54,8 @@ def crd(cluster: dev_cluster.ClusterState) -> str:
     return dev_cluster.install_crd(cluster)
 
 
-OPERATOR_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+OPERATOR_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                  "RoleBinding")
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +92,19 @@ def operator_kubeconfig(cluster: dev_cluster.ClusterState, kubectl: Kubectl, crd
 class Operator:
     """``slipway run`` in a subprocess; can be killed and started again."""
 
-    def __init__(self, kubeconfig: str, log: pathlib.Path) -> None:
+    def __init__(self, kubeconfig: str, log: pathlib.Path, identity: str = "suite-operator",
+                 args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """``identity``: its name in the leader Lease, the same across restarts (as a container
+        restarted in its pod: it renews its own Lease at once); ``args``, ``env``: added to
+        every start."""
         self.kubeconfig = kubeconfig
         self.log = log
+        self.identity = identity
+        self.args = list(args or [])
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port = dev_cluster.free_port()
+        self.health_port = 0  # set with --liveness in ``args``
 
     def start(self, *, env: dict[str, str] | None = None, wrapper: list[str] | None = None,
               module: str = "slipway.cli") -> None:
@@ -103,11 +112,12 @@ class Operator:
         is put before the command (a private mount namespace), ``module`` replaces the entry
         point (a test's own, which changes the operator before running it)."""
         merged = dict(os.environ, KUBECONFIG=self.kubeconfig, SLIPWAY_WATCH_SERVER_TIMEOUT="60",
-                      SLIPWAY_CONFLICT_RECHECK_SECONDS="2", **(env or {}))
+                      SLIPWAY_CONFLICT_RECHECK_SECONDS="2", **self.env, **(env or {}))
         with open(self.log, "ab") as out:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 [*(wrapper or []), sys.executable, "-m", module, "run", "--liveness", "",
-                 "--metrics-port", str(self.metrics_port)],
+                 "--metrics-port", str(self.metrics_port), "--identity", self.identity,
+                 *self.args],
                 stdout=out, stderr=subprocess.STDOUT, env=merged, start_new_session=True)
 
     def metrics(self) -> str:

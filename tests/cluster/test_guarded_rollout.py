@@ -106,6 +106,18 @@ class Story:
                                   timeout=120)
         return result.returncode == 0
 
+    def wait_until_the_slow_release_is_under_test(self) -> None:
+        """A pod of the "-slow" release is up and its (4 s) smoke tests are running."""
+        def under_test() -> bool:
+            pods = self.kubectl.get("pods", namespace=self.namespace,
+                                    selector=f"slipway.dev/model-deployment={NAME}")["items"]
+            return any(p["spec"]["containers"][0]["image"].endswith("-slow")
+                       and (condition(p, "ContainersReady") or {}).get("status") == "True"
+                       for p in pods)
+        wait_until(under_test, timeout=60, what="a pod of the release under test",
+                   diagnose=self.diagnose)
+        time.sleep(1.5)
+
     def given_v1_is_ready(self) -> dict[str, Any]:
         self.apply(V1)
         md = self.wait_phase("Ready")
@@ -305,16 +317,7 @@ def test_the_operator_killed_while_verifying_finishes_with_one_verdict_and_one_r
     slow["spec"]["rollout"]["smokeTestTimeoutSeconds"] = 10
     story.apply(slow)
     story.wait_phase("Progressing")
-
-    def under_test() -> bool:
-        pods = story.kubectl.get("pods", namespace=story.namespace,
-                                 selector=f"slipway.dev/model-deployment={NAME}")["items"]
-        return any(p["spec"]["containers"][0]["image"].endswith("-slow")
-                   and (condition(p, "ContainersReady") or {}).get("status") == "True"
-                   for p in pods)
-    wait_until(under_test, timeout=60, what="a pod of the release under test",
-               diagnose=story.diagnose)
-    time.sleep(1.5)
+    story.wait_until_the_slow_release_is_under_test()
     # And the operator is killed right then, and started again
     story.operator.kill()
     story.operator.start()

@@ -1,8 +1,8 @@
 """Least privilege, proven from the API server's audit log (runs last: ``zz``).
 
 The whole cluster suite runs the operator as its own ServiceAccount with the ClusterRole of
-manifests/; the local API server audits that user's requests. A rule nothing used fails here,
-and a request the ClusterRole denied fails too.
+manifests/ and its Role for the leader Lease; the local API server audits that user's requests.
+A rule nothing used fails here, and a request RBAC denied fails too.
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def test_every_clusterrole_rule_was_used_and_nothing_was_denied(
                      == "forbid"})
     assert denied == [], f"the ClusterRole denied the operator: {denied}"
     used = used_permissions(events)
-    granted = {(group, resource, verb)
-               for name in ("slipway-operator", "slipway-operator-proxy-route")
-               for rule in kubectl.get("clusterrole", name)["rules"]
+    rules = [rule for name in ("slipway-operator", "slipway-operator-proxy-route")
+             for rule in kubectl.get("clusterrole", name)["rules"]]
+    rules += kubectl.get("role", "slipway-operator-leader-election", "slipway-system")["rules"]
+    granted = {(group, resource, verb) for rule in rules
                for group in rule["apiGroups"] for resource in rule["resources"]
                for verb in rule["verbs"]}
     unused = sorted(granted - used)

@@ -119,17 +119,21 @@ def test_composed_status_is_stable_across_identical_reconciles() -> None:
 
 
 def test_invalid_spec_becomes_stalled_with_one_warning_per_generation() -> None:
-    body = {"metadata": {"name": "iris", "namespace": "ns", "generation": 4},
+    body = {"metadata": {"name": "iris", "namespace": "ns", "generation": 4,
+                         "resourceVersion": "41"},
             "spec": {"model": {"name": "iris"}}}
     written: list[dict] = []
+    decided_on: list[str | None] = []
     posted: list[controller.Event] = []
 
-    def write(namespace: str, name: str, patch: dict) -> None:
+    def write(namespace: str, name: str, patch: dict, version: str | None) -> None:
         written.append(patch)
+        decided_on.append(version)
 
     first = controller.reconcile(body, posted.append, write)
     assert first.status["phase"] == "Invalid"
     assert written and written[0]["phase"] == "Invalid"
+    assert decided_on == ["41"]  # the copy it was decided on: the write's precondition
     stalled = [c for c in first.status["conditions"] if c["type"] == "Stalled"][0]
     assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
     assert "spec.model.version" in stalled["message"]
@@ -174,7 +178,7 @@ def test_a_stall_after_a_status_written_mid_reconcile_is_not_a_new_cause() -> No
     posted: list[controller.Event] = []
     written: list[dict] = []
     again = controller.Reconciler({**body, "status": first.status}, posted.append,
-                                  lambda ns, name, patch: written.append(patch))
+                                  lambda ns, name, patch, version: written.append(patch))
     again.write({**first.status, "phase": "Progressing", "conditions": []})
     outcome = again.stall("ApplyFailed", "the API server rejected a child: 403", "Failed",
                           recheck_after=7)
@@ -279,7 +283,7 @@ def test_progress_is_folded_into_a_later_write_but_decisions_go_out_at_once(
 
     def reconciler() -> controller.Reconciler:
         return controller.Reconciler(body, lambda e: None,
-                                     lambda ns, name, patch: written.append(patch))
+                                     lambda ns, name, patch, version: written.append(patch))
 
     # Given a status write just made
     first = reconciler()

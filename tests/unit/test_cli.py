@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -66,3 +67,53 @@ def test_run_stops_at_once_on_a_bad_tuning_variable(value: str) -> None:
     assert result.returncode == 1
     assert f"SLIPWAY_CONFLICT_RECHECK_SECONDS='{value}' must be a number above 0" \
         in result.stderr
+
+
+@pytest.mark.parametrize(("variables", "message"), [
+    ({"SLIPWAY_LEASE_SECONDS": "ten"}, "SLIPWAY_LEASE_SECONDS='ten' must be a number of seconds"),
+    ({"SLIPWAY_LEASE_SECONDS": "7.5"}, "SLIPWAY_LEASE_SECONDS must be whole seconds"),
+    ({"SLIPWAY_LEASE_SECONDS": "nan"}, "SLIPWAY_LEASE_SECONDS='nan' must be a number of seconds"),
+    ({"SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS": "inf"},
+     "SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS='inf' must be a number of seconds"),
+    ({"SLIPWAY_LEASE_SECONDS": "8"},
+     "unsafe leader election timing: the lease (8 s) must be longer than the renew deadline"),
+    ({"SLIPWAY_LEASE_RETRY_SECONDS": "9"},
+     "the renew deadline (10 s) must be longer than 1.2 x the retry period (9 s)"),
+])
+def test_run_stops_at_once_on_unsafe_leader_election_timing(variables: dict[str, str],
+                                                            message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+    env.update(variables, KUBECONFIG="/nonexistent")
+    result = subprocess.run([sys.executable, "-m", "slipway.cli", "run", "--liveness", ""],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_the_lease_namespace_is_the_given_one_then_the_pods_own_then_slipway_system(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    from slipway.engine import operator_main
+
+    monkeypatch.setattr(operator_main, "SERVICE_ACCOUNT_NAMESPACE", str(tmp_path / "none"))
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    assert operator_main.lease_namespace(None) == "slipway-system"
+    assert operator_main.lease_namespace("ops") == "ops"
+    (tmp_path / "ns").write_text("from-the-token\n")
+    monkeypatch.setattr(operator_main, "SERVICE_ACCOUNT_NAMESPACE", str(tmp_path / "ns"))
+    assert operator_main.lease_namespace(None) == "from-the-token"
+    monkeypatch.setenv("POD_NAMESPACE", "from-the-downward-api")
+    assert operator_main.lease_namespace(None) == "from-the-downward-api"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--lease-namespace", "Ops_Team"], "lease namespace 'Ops_Team' is not a valid namespace"),
+    (["--lease-name", "slipway/operator"], "lease name 'slipway/operator' is not a valid object"),
+])
+def test_run_refuses_lease_names_the_api_server_would_refuse(args: list[str],
+                                                             message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+    env["KUBECONFIG"] = "/nonexistent"
+    result = subprocess.run([sys.executable, "-m", "slipway.cli", "run", "--liveness", "", *args],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert message in result.stderr

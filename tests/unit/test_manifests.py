@@ -113,9 +113,10 @@ def namespaced() -> list[dict[str, Any]]:
     return kustomize(NAMESPACED)
 
 
-def only(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [obj for obj in objs if obj["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+def only(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [obj for obj in objs
+             if obj["kind"] == kind and name in (None, obj["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
     return found[0]
 
 
@@ -150,12 +151,16 @@ def test_cluster_wide_install_renders_the_expected_objects(
         ("Deployment", "slipway-operator"),
         ("Namespace", SYSTEM_NS),
         ("NetworkPolicy", "slipway-operator"),
+        ("PodDisruptionBudget", "slipway-operator"),
+        ("Role", "slipway-operator-leader-election"),
+        ("RoleBinding", "slipway-operator-leader-election"),
         ("ServiceAccount", "slipway-operator"),
         ("ValidatingAdmissionPolicy", "slipway-modeldeployment-creates-pods"),
         ("ValidatingAdmissionPolicyBinding", "slipway-modeldeployment-creates-pods"),
     ]
     for obj in cluster_wide:
-        if obj["kind"] in ("ServiceAccount", "Deployment", "NetworkPolicy"):
+        if obj["kind"] in ("ServiceAccount", "Deployment", "NetworkPolicy",
+                           "PodDisruptionBudget", "Role", "RoleBinding"):
             assert obj["metadata"]["namespace"] == SYSTEM_NS, obj["kind"]
         if obj["kind"].startswith("ValidatingAdmissionPolicy"):
             assert "namespace" not in obj["metadata"], obj["kind"]  # cluster-scoped
@@ -220,13 +225,21 @@ def test_operator_pod_passes_restricted_pod_security(
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod_spec["volumes"]
 
 
-def test_operator_deployment_is_a_single_recreated_replica_with_a_liveness_probe(
+def test_operator_deployment_is_two_leader_elected_replicas_with_a_liveness_probe(
         cluster_wide: list[dict[str, Any]]) -> None:
     deployment = only(cluster_wide, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     template = spec["template"]
+    anti = template["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == OPERATOR_LABELS
+    budget = only(cluster_wide, "PodDisruptionBudget")
+    assert budget["spec"] == {"minAvailable": 1, "selector": {"matchLabels": OPERATOR_LABELS}}
+    assert budget["metadata"]["namespace"] == deployment["metadata"]["namespace"]
     assert template["metadata"]["labels"] == OPERATOR_LABELS
     assert spec["selector"]["matchLabels"] == OPERATOR_LABELS
     assert template["spec"]["serviceAccountName"] == "slipway-operator"
@@ -234,11 +247,38 @@ def test_operator_deployment_is_a_single_recreated_replica_with_a_liveness_probe
     assert container["image"] == f"{IMAGE}:0.1.0"
     assert container["args"] == CONTAINER_ARGS
     assert {"name": "SLIPWAY_SMOKE_ROUTE", "value": "auto"} in container["env"]
+    # The Lease's identity and namespace come from the downward API.
+    downward = {item["name"]: item["valueFrom"]["fieldRef"]["fieldPath"]
+                for item in container["env"] if "valueFrom" in item}
+    assert downward == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8080, "metrics": 9090}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
                                       "limits": {"cpu": "500m", "memory": "512Mi"}}
+
+
+@pytest.mark.parametrize("variant", ["cluster_wide", "namespaced"])
+def test_the_leader_lease_is_granted_in_the_operators_namespace_only(
+        variant: str, request: pytest.FixtureRequest) -> None:
+    docs = request.getfixturevalue(variant)
+    roles = [doc for doc in docs if doc["kind"] == "Role"
+             and doc["metadata"]["name"] == "slipway-operator-leader-election"]
+    (role,) = roles
+    assert role["metadata"]["namespace"] == "slipway-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": ["slipway-operator"], "verbs": ["get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]
+    (binding,) = [doc for doc in docs if doc["kind"] == "RoleBinding"
+                  and doc["metadata"]["name"] == "slipway-operator-leader-election"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slipway-operator",
+                                    "namespace": "slipway-system"}]
+    # No other grant of leases anywhere.
+    others = [rule for doc in docs if doc["kind"] in ("Role", "ClusterRole") and doc is not role
+              for rule in doc.get("rules") or [] if "coordination.k8s.io" in rule["apiGroups"]]
+    assert others == []
 
 
 def test_the_image_can_be_overridden_by_an_overlay(tmp_path: pathlib.Path) -> None:
@@ -311,11 +351,11 @@ def test_namespaced_variant_moves_the_namespaced_rules_into_a_role(
     cluster_role = only(namespaced, "ClusterRole")
     assert rule_table(cluster_role) == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
-    role = only(namespaced, "Role")
+    role = only(namespaced, "Role", "slipway-operator")
     assert role["metadata"]["namespace"] == "models"
     assert "*" not in all_strings(role["rules"])
     assert rule_table(role) == NAMESPACED_RULES
-    binding = only(namespaced, "RoleBinding")
+    binding = only(namespaced, "RoleBinding", "slipway-operator")
     assert binding["metadata"]["namespace"] == "models"
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "slipway-operator"}
@@ -337,8 +377,8 @@ def test_namespaced_variant_watches_the_namespace_set_in_one_place(
     doc["data"]["namespace"] = "team-a"
     setting.write_text(yaml.safe_dump(doc))
     objs = kustomize(tmp_path / "manifests" / "namespaced")
-    assert only(objs, "Role")["metadata"]["namespace"] == "team-a"
-    assert only(objs, "RoleBinding")["metadata"]["namespace"] == "team-a"
+    assert only(objs, "Role", "slipway-operator")["metadata"]["namespace"] == "team-a"
+    assert only(objs, "RoleBinding", "slipway-operator")["metadata"]["namespace"] == "team-a"
     (container,) = only(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["args"][:2] == ["run", "--namespace=team-a"]
 

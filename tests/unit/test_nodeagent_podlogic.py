@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import pathlib
 
 import pytest
 
@@ -144,3 +145,17 @@ def test_address_pool_gives_each_node_its_own_slash_24_and_reuses_freed_addresse
     assert (a, b) == ("10.213.1.2", "10.213.1.3") and pool.take("a") == a
     pool.give_back("a")
     assert pool.take("c") == "10.213.1.4"
+
+
+def test_the_arp_table_limits_are_raised_to_fit_a_thousand_pods_and_never_lowered(
+        tmp_path: pathlib.Path) -> None:
+    assert podnet.raised_thresholds((128, 512, 1024)) == podnet.NEIGH_THRESHOLDS
+    assert podnet.raised_thresholds((128, 20000, 1024)) == (4096, 20000, 16384)
+    assert podnet.raised_thresholds((5000, 9000, 20000)) is None
+    # Written to the sysctl files (a copy of their layout here)
+    for i, value in enumerate((128, 512, 1024), start=1):
+        (tmp_path / f"gc_thresh{i}").write_text(f"{value}\n")
+    podnet.ensure_neighbour_room(tmp_path)
+    assert [int((tmp_path / f"gc_thresh{i}").read_text()) for i in (1, 2, 3)] == \
+        list(podnet.NEIGH_THRESHOLDS)
+    podnet.ensure_neighbour_room(tmp_path / "absent")  # no such layout: nothing happens

@@ -20,6 +20,7 @@ import json
 import os
 import threading
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
@@ -46,6 +47,20 @@ class ChildConflict(Exception):
 
 class OwnerGone(Exception):
     """The ModelDeployment is being deleted: adopting now would undo an orphaning delete."""
+
+
+class StatusConflict(Exception):
+    """A status write was refused: the object changed since the copy it was decided on."""
+
+
+class NotLeader(Exception):
+    """A write was refused before it was sent: this process does not hold the leader Lease
+    (or no longer knows that it does). Nothing was written."""
+
+
+# Set by the leader elector (``slipway run`` with leader election): every request but a GET is
+# sent only while it answers True; the Lease's own requests are the exception. None: no fence.
+FENCE: Callable[[], bool] | None = None
 
 
 @functools.cache
@@ -107,7 +122,11 @@ def request_kind(method: str, url: str) -> tuple[str, str]:
 
 
 def count_request(method: str, url: str) -> None:
+    """Count a reconcile's request (the leader Lease's renewals are counted by the elector's
+    own metric: they are not the reconciles' cost)."""
     key = request_kind(method, url)
+    if key[1] == "leases":
+        return
     with _lock:
         REQUESTS[key] += 1
 
@@ -217,12 +236,18 @@ APPLY_PATCH = "application/apply-patch+yaml"
 
 
 def request(method: str, path: str, *, body: Any = None, content_type: str = JSON,
-            query: dict[str, str] | None = None) -> dict[str, Any] | None:
+            query: dict[str, str] | None = None, timeout: float | None = None,
+            fenced: bool = True) -> dict[str, Any] | None:
     """One request to the API server, the JSON answer as a plain dict (None for an empty one);
     ApiException for an error answer. Straight through the client's REST layer: the generated
     API methods validate every argument and build typed models, which a reconcile turns back
     into dicts, for most of its CPU. ``body``: a dict (sent as JSON, which is valid YAML too)
-    or text sent as it is."""
+    or text sent as it is. ``timeout``: seconds for the whole answer instead of REQUEST_TIMEOUT.
+    A write (not GET) raises NotLeader, unsent, when the FENCE says this process does not lead;
+    ``fenced=False`` only for the Lease itself."""
+    fence = FENCE
+    if fenced and method != "GET" and fence is not None and not fence():
+        raise NotLeader(f"{method} {path}: not the leader")
     client = api_client()
     quoted = urllib.parse.quote(path)
     method, url, headers, _, _ = client.param_serialize(
@@ -231,7 +256,8 @@ def request(method: str, path: str, *, body: Any = None, content_type: str = JSO
         auth_settings=["BearerToken"])
     # A dict goes out as JSON (the REST layer encodes it, for YAML content types too); text
     # goes out as it is.
-    response = client.call_api(method, url, header_params=headers, body=body)
+    response = client.call_api(method, url, header_params=headers, body=body,
+                               _request_timeout=timeout)
     response.read()
     if not 200 <= response.status < 300:
         raise ApiException(http_resp=response)
@@ -334,16 +360,28 @@ def read_model_deployment(namespace: str, name: str) -> dict[str, Any] | None:
     return body
 
 
-def patch_status(namespace: str, name: str, status: dict[str, Any]) -> str | None:
+def patch_status(namespace: str, name: str, status: dict[str, Any],
+                 version: str | None = None) -> str | None:
     """Merge-patch ``status`` (lists such as conditions are replaced whole); the object's
-    resourceVersion after the write (the answer goes into the cache)."""
+    resourceVersion after the write (the answer goes into the cache). ``version``: the
+    resourceVersion the status was decided on, sent as a precondition: if anyone wrote the
+    object since (a newer leader, the user), the API server refuses with 409 and nothing is
+    written; the fresh copy is read into the cache and StatusConflict raised."""
+    body: dict[str, Any] = {"status": status}
+    if version:
+        body["metadata"] = {"resourceVersion": version}
     try:
         answer = request("PATCH", _model_deployment(namespace, name, "status"),
-                         body={"status": status}, content_type=MERGE_PATCH) or {}
+                         body=body, content_type=MERGE_PATCH) or {}
     except ApiException as error:
         if error.status == 404:
             cache.STORE.delete(cache.MODEL_DEPLOYMENT, namespace, name)
             raise OwnerGone(f"ModelDeployment {namespace}/{name} is gone") from error
+        if error.status == 409 and version:
+            fresh = read_model_deployment(namespace, name)
+            now = (fresh or {}).get("metadata", {}).get("resourceVersion")
+            raise StatusConflict(f"status of {namespace}/{name} was decided on resourceVersion "
+                                 f"{version}, the API server holds {now}") from error
         raise
     if answer:
         remember(cache.MODEL_DEPLOYMENT, namespace, name, answer)
@@ -442,6 +480,33 @@ def delete_controller_revision(namespace: str, name: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Reaching pods and Services from outside the cluster: the API server's proxy
+
+
+def _lease_path(namespace: str, name: str = "") -> str:
+    return _namespaced("coordination.k8s.io/v1", namespace, "leases", name)
+
+
+def read_lease(namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
+    """The leader Lease, or None when there is none."""
+    try:
+        return request("GET", _lease_path(namespace, name), timeout=timeout)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def write_lease(body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Create the Lease (no resourceVersion in ``body``) or replace it (a PUT carrying the
+    resourceVersion that was read: 409 Conflict if anyone wrote it since)."""
+    meta = body["metadata"]
+    if meta.get("resourceVersion"):
+        answer = request("PUT", _lease_path(meta["namespace"], meta["name"]), body=body,
+                         timeout=timeout, fenced=False)
+    else:
+        answer = request("POST", _lease_path(meta["namespace"]), body=body, timeout=timeout,
+                         fenced=False)
+    return answer or {}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,7 +82,8 @@ class Stale(Exception):
 
 
 EventSink = Callable[[Event], None]
-StatusWriter = Callable[[str, str, dict[str, Any]], object]
+# (namespace, name, status patch, the resourceVersion it was decided on) -> the new version
+StatusWriter = Callable[[str, str, dict[str, Any], str | None], object]
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,7 +610,13 @@ class Reconciler:
                     self.progress_due = wait if self.progress_due is None else \
                         min(self.progress_due, wait)
                     return
-            version = self.write_status(self.meta.namespace, self.meta.name, patch)
+            try:
+                version = self.write_status(self.meta.namespace, self.meta.name, patch,
+                                            self.version or None)
+            except kube.StatusConflict as error:
+                # Decided on a copy that is no longer the latest (a newer leader's decision, a
+                # new spec): nothing was written; again from the fresh copy, now in the cache.
+                raise Stale(str(error)) from error
             PROGRESS.wrote(key)
             if isinstance(version, str):
                 self.version = version

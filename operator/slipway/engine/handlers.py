@@ -14,6 +14,11 @@ restart resumes every object) reconcile it, with no kopf bookkeeping on the obje
 finalizer, no progress or last-handled annotations: the operator never writes to the object but
 its status, whose fields the CRD declares, and it needs no patch permission on the object. A
 reconcile is idempotent and its status tells where it stands, which is all the restart needs.
+
+With leader election (``engine.leader``), every process watches and caches, but only the one
+holding the Lease reconciles: a standby drops the looks that fall due, and on taking over it
+looks at every ModelDeployment in its cache. Every write passes the elector's fence
+(``kube.FENCE``, and Events in ``post``), so a process that lost the Lease sends nothing more.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import kopf
 
 from slipway.api import models
 from slipway.clients import cache, kube
-from slipway.engine import controller, metrics, verifier
+from slipway.engine import controller, leader, metrics, verifier
 from slipway.logic import render
 
 MANAGED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGER}"
@@ -142,8 +147,97 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True
 
 
+# Leader election (``slipway run``'s default): set by ``elect`` before kopf starts. None: this
+# process acts alone (``--no-leader-elect``).
+ELECTOR: leader.Elector | None = None
+# A context of kopf's own event handlers (kopf keeps what posting an Event needs in context
+# variables): the looks scheduled on taking over run in a copy of it.
+_HANDLER_CONTEXT: contextvars.Context | None = None
+
+
+def elect(elector: leader.Elector) -> None:
+    """Reconcile only while ``elector`` holds the Lease: its fence guards every write."""
+    global ELECTOR
+    ELECTOR = elector
+    kube.FENCE = elector.leading
+    metrics.LEADER.set(0)
+
+
+def leading() -> bool:
+    return ELECTOR is None or ELECTOR.leading()
+
+
+class Parked:
+    """The looks that fell due while this process did not lead (and the reconciles the fence
+    stopped): each is looked at again when it leads, and only those, so that a leadership
+    lost for a moment on a loaded machine costs a few looks, not one per object."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: set[tuple[str, str]] = set()
+
+    def park(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._keys.add((namespace, name))
+        if leading():  # it began to lead meanwhile, after its parked looks were taken
+            self.take_all()
+
+    def take_all(self) -> None:
+        with self._lock:
+            keys, self._keys = sorted(self._keys), set()
+        context = _HANDLER_CONTEXT
+        if not keys or context is None:
+            return
+
+        def schedule_all() -> None:
+            for namespace, name in keys:
+                _schedule(namespace, name, 0)
+
+        context.copy().run(schedule_all)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._keys)
+
+
+PARKED = Parked()
+
+
+def take_over() -> None:
+    """Leading now: every look that fell due while standing by is taken up (at the start,
+    every listed ModelDeployment: the listing's looks were parked)."""
+    log.info("leading: looking at the %d ModelDeployment(s) whose looks waited",
+             PARKED.count())
+    PARKED.take_all()
+
+
+def stand_by() -> None:
+    """No longer leading: the fence already refuses every write. Smoke-test runs in flight
+    finish and their results stay (evidence about a pod, whoever records it); no new one starts,
+    as no reconcile runs."""
+
+
+@kopf.on.startup()
+def start_election(**_: Any) -> None:
+    if ELECTOR is not None:
+        ELECTOR.start()
+    else:
+        metrics.LEADER.set(1)
+
+
+@kopf.on.probe(id="leader")
+def leadership(**_: Any) -> dict[str, str]:
+    """What /healthz says about leadership: leader or standby, this candidate's identity and
+    who holds the Lease."""
+    if ELECTOR is None:
+        return {"role": "leader", "election": "off"}
+    return {"role": ELECTOR.role(), "identity": ELECTOR.identity, "holder": ELECTOR.holder}
+
+
 @kopf.on.cleanup()
 def stop_verifier(**_: Any) -> None:
+    if ELECTOR is not None:
+        ELECTOR.stop(release=True)
     controller.VERIFIER.stop()
 
 
@@ -290,6 +384,9 @@ def reconcile_or_retry(namespace: str, name: str) -> None:
 
 
 def _reconcile_quietly(namespace: str, name: str) -> None:
+    if not leading():
+        PARKED.park(namespace, name)  # standing by: looked at again on taking over
+        return
     try:
         reconcile_or_retry(namespace, name)
     except Exception:  # noqa: BLE001 - a timer thread has no caller to report to
@@ -316,8 +413,9 @@ class OwnWrites:
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, str], collections.deque[str]] = {}
 
-    def write(self, namespace: str, name: str, patch: dict[str, Any]) -> str | None:
-        version = kube.patch_status(namespace, name, patch)
+    def write(self, namespace: str, name: str, patch: dict[str, Any],
+              decided_on: str | None = None) -> str | None:
+        version = kube.patch_status(namespace, name, patch, decided_on)
         if version:
             with self._lock:
                 self._versions.setdefault((namespace, name),
@@ -363,6 +461,8 @@ def reconcile(namespace: str, name: str) -> None:
                 return False
 
             def post(event: controller.Event) -> None:
+                if not leading():  # kopf posts it later, on its own: fence it here
+                    raise kube.NotLeader(f"Event {event.reason}: not the leader")
                 kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
                            message=event.message)
                 log.info("%s/%s: %s %s: %s", namespace, name, event.type, event.reason,
@@ -376,6 +476,11 @@ def reconcile(namespace: str, name: str) -> None:
             raise
         except kube.OwnerGone:
             return False  # deleted while we looked
+        except kube.NotLeader as error:
+            metrics.RECONCILES.labels("standby").inc()
+            log.info("%s/%s: stopped, no longer leading (%s)", namespace, name, error)
+            PARKED.park(namespace, name)
+            return False
         except controller.Retry as error:
             metrics.RECONCILES.labels("retry").inc()
             errors.append(error)
@@ -483,6 +588,9 @@ async def model_deployment_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any
     """Any change of a ModelDeployment (and each one listed at start): reconcile it. A deleted
     one only drops its metrics and its verification; its children go with the garbage
     collector."""
+    global _HANDLER_CONTEXT
+    if _HANDLER_CONTEXT is None:
+        _HANDLER_CONTEXT = contextvars.copy_context()
     namespace, name = str(meta["namespace"]), str(meta["name"])
     if _observe(cache.MODEL_DEPLOYMENT, event) is None:
         _forget(namespace, name)

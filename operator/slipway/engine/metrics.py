@@ -22,7 +22,9 @@ PHASES = ("Pending", "Progressing", "Verifying", "Ready", "Failed", "RollingBack
           "Invalid")
 
 RECONCILES = prometheus_client.Counter(
-    "slipway_reconciles_total", "Reconciles of a ModelDeployment, by result (ok, retry, error).",
+    "slipway_reconciles_total",
+    "Reconciles of a ModelDeployment, by result (ok, retry, error, stale, standby: stopped on "
+    "losing the leader Lease).",
     ["result"], registry=REGISTRY)
 ROLLOUTS = prometheus_client.Counter(
     "slipway_rollouts_total",
@@ -101,3 +103,16 @@ def forget(namespace: str, name: str) -> None:
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the cluster
     prometheus_client.start_http_server(port, addr=address, registry=REGISTRY)
+
+
+LEADER = prometheus_client.Gauge(
+    "slipway_leader", "1 while this process holds the leader Lease and may act, 0 standing by.",
+    registry=REGISTRY)
+LEADER_CHANGES = prometheus_client.Counter(
+    "slipway_leader_changes_total",
+    "Times this process started or stopped leading (started, stopped).", ["change"],
+    registry=REGISTRY)
+LEADER_ATTEMPTS = prometheus_client.Counter(
+    "slipway_leader_lease_attempts_total",
+    "Attempts on the leader Lease, by result: create, take, renew (written), held-by-another, "
+    "conflict (someone wrote first), error.", ["result"], registry=REGISTRY)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
+import re
 
 import kopf
+
+from slipway.logic import leader
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 
@@ -31,8 +35,73 @@ def limit_malloc_arenas() -> None:
     mallopt(M_ARENA_MAX, int(raw))
 
 
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+DEFAULT_LEASE_NAMESPACE = "slipway-system"  # where manifests/ install the operator
+
+
+def lease_namespace(given: str | None) -> str:
+    """Where the leader Lease lives: as given, else the operator pod's own namespace
+    (POD_NAMESPACE, or its ServiceAccount's), else slipway-system."""
+    if given:
+        return given
+    if os.environ.get("POD_NAMESPACE", "").strip():
+        return os.environ["POD_NAMESPACE"].strip()
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as handle:
+            found = handle.read().strip()
+    except OSError:
+        found = ""
+    return found or DEFAULT_LEASE_NAMESPACE
+
+
+def election_timing() -> leader.Timing:
+    """SLIPWAY_LEASE_SECONDS, SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS and
+    SLIPWAY_LEASE_RETRY_SECONDS, client-go's 15, 10 and 2 by default; unsafe ones stop the
+    operator at once, saying why."""
+    values = {}
+    for variable, field, default in (("SLIPWAY_LEASE_SECONDS", "lease_seconds", 15.0),
+                                     ("SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS", "renew_deadline",
+                                      10.0),
+                                     ("SLIPWAY_LEASE_RETRY_SECONDS", "retry_period", 2.0)):
+        raw = os.environ.get(variable, "")
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise SystemExit(f"slipway: {variable}={raw!r} must be a number of seconds")
+        values[field] = value
+    if values["lease_seconds"] != int(values["lease_seconds"]):
+        raise SystemExit("slipway: SLIPWAY_LEASE_SECONDS must be whole seconds")
+    timing = leader.Timing(lease_seconds=int(values["lease_seconds"]),
+                           renew_deadline=values["renew_deadline"],
+                           retry_period=values["retry_period"])
+    problems = timing.problems()
+    if problems:
+        raise SystemExit("slipway: unsafe leader election timing: " + "; ".join(problems))
+    return timing
+
+
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def check_lease_names(namespace: str, name: str) -> None:
+    """Names the API server would refuse, refused at start instead of on every retry."""
+    if len(namespace) > 63 or not DNS_LABEL.fullmatch(namespace):
+        raise SystemExit(f"slipway: lease namespace {namespace!r} is not a valid namespace name "
+                         "(lowercase letters, digits and '-', at most 63)")
+    if len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
+        raise SystemExit(f"slipway: lease name {name!r} is not a valid object name (lowercase "
+                         "letters, digits, '-' and '.', at most 253)")
+
+
 def run(*, namespaces: list[str], liveness: str, standalone: bool, verbose: bool,
-        metrics_port: int = 0) -> int:
+        metrics_port: int = 0, leader_elect: bool = True, lease_ns: str | None = None,
+        lease_name: str = "slipway-operator", identity: str | None = None) -> int:
+    timing = election_timing() if leader_elect else None
+    if timing is not None:
+        check_lease_names(lease_namespace(lease_ns), lease_name)
     limit_malloc_arenas()
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -44,6 +113,13 @@ def run(*, namespaces: list[str], liveness: str, standalone: bool, verbose: bool
     from slipway.engine import handlers  # noqa: F401  (registers the handlers)
     from slipway.engine import metrics
 
+    if timing is not None:
+        from slipway.engine import leader as elector
+
+        handlers.elect(elector.Elector(
+            namespace=lease_namespace(lease_ns), name=lease_name,
+            identity=identity or elector.default_identity(), timing=timing,
+            on_started=handlers.take_over, on_stopped=handlers.stand_by))
     if metrics_port:
         metrics.serve(metrics_port)
 
