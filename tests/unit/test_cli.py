@@ -70,11 +70,12 @@ def test_run_stops_at_once_on_a_bad_tuning_variable(value: str) -> None:
 
 
 @pytest.mark.parametrize(("variables", "message"), [
-    ({"SLIPWAY_LEASE_SECONDS": "ten"}, "SLIPWAY_LEASE_SECONDS='ten' must be a number of seconds"),
+    ({"SLIPWAY_LEASE_SECONDS": "ten"}, "SLIPWAY_LEASE_SECONDS='ten' must be a number above 0"),
     ({"SLIPWAY_LEASE_SECONDS": "7.5"}, "SLIPWAY_LEASE_SECONDS must be whole seconds"),
-    ({"SLIPWAY_LEASE_SECONDS": "nan"}, "SLIPWAY_LEASE_SECONDS='nan' must be a number of seconds"),
+    ({"SLIPWAY_LEASE_SECONDS": "nan"}, "SLIPWAY_LEASE_SECONDS='nan' must be a number above 0"),
     ({"SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS": "inf"},
-     "SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS='inf' must be a number of seconds"),
+     "SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS='inf' must be a number above 0"),
+    ({"SLIPWAY_LEASE_RETRY_SECONDS": "0"}, "SLIPWAY_LEASE_RETRY_SECONDS='0' must be a number above 0"),
     ({"SLIPWAY_LEASE_SECONDS": "8"},
      "unsafe leader election timing: the lease (8 s) must be longer than the renew deadline"),
     ({"SLIPWAY_LEASE_RETRY_SECONDS": "9"},

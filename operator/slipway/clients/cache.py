@@ -170,11 +170,6 @@ class Store:
                      for name in sorted(self._owned[kind].get((namespace, owner), ()))]
         return [json.loads(text) for text in texts]
 
-    def keys(self, kind: str) -> list[tuple[str, str]]:
-        """(namespace, name) of every object of ``kind`` held."""
-        with self._lock:
-            return sorted(self._items[kind])
-
     def version(self, kind: str, namespace: str, name: str) -> str | None:
         with self._lock:
             held = self._items[kind].get((namespace, name))

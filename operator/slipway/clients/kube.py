@@ -479,7 +479,7 @@ def delete_controller_revision(namespace: str, name: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Reaching pods and Services from outside the cluster: the API server's proxy
+# The leader Lease (its requests pass no fence: they are how the fence is kept)
 
 
 def _lease_path(namespace: str, name: str = "") -> str:
@@ -507,6 +507,10 @@ def write_lease(body: dict[str, Any], timeout: float) -> dict[str, Any]:
         answer = request("POST", _lease_path(meta["namespace"]), body=body, timeout=timeout,
                          fenced=False)
     return answer or {}
+
+
+# --------------------------------------------------------------------------------------------
+# Reaching pods and Services from outside the cluster: the API server's proxy
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,11 @@ its status, whose fields the CRD declares, and it needs no patch permission on t
 reconcile is idempotent and its status tells where it stands, which is all the restart needs.
 
 With leader election (``engine.leader``), every process watches and caches, but only the one
-holding the Lease reconciles: a standby drops the looks that fall due, and on taking over it
-looks at every ModelDeployment in its cache. Every write passes the elector's fence
-(``kube.FENCE``, and Events in ``post``), so a process that lost the Lease sends nothing more.
+holding the Lease reconciles: a standby parks the looks that fall due (``Parked``) and takes
+them up when it leads. Smoke-test runs in flight when the Lease is lost finish and keep their
+results (evidence about a pod, whoever records it); no new one starts, as no reconcile runs.
+Every write passes the elector's fence (``kube.FENCE``, and Events in ``post``), so a process
+that lost the Lease sends nothing more.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ LISTING_QUIET_SECONDS = 30.0
 STALE_RERUNS = 3  # fresh reads that found a newer copy before a verdict, before a retry
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -71,19 +73,19 @@ def _env_float(name: str, default: float) -> float:
 
 # Read once, when `slipway run` loads the handlers (before kopf starts): a bad value stops the
 # operator at once, naming the variable.
-WATCH_TIMEOUT = int(_env_float("SLIPWAY_WATCH_SERVER_TIMEOUT", 300))
-MAX_WORKERS = int(_env_float("SLIPWAY_MAX_WORKERS", 8))
+WATCH_TIMEOUT = int(env_float("SLIPWAY_WATCH_SERVER_TIMEOUT", 300))
+MAX_WORKERS = int(env_float("SLIPWAY_MAX_WORKERS", 8))
 # Reconciles at once (each on a worker thread of its own): the rest wait their turn, in order
 # of when they fell due (slipway_reconciles_queued). Smoke tests do not hold these.
-RECONCILE_WORKERS = int(_env_float("SLIPWAY_RECONCILE_WORKERS", 8))
+RECONCILE_WORKERS = int(env_float("SLIPWAY_RECONCILE_WORKERS", 8))
 # A status write that only reports progress waits this long after the object's last one.
-controller.PROGRESS.fold_seconds = _env_float("SLIPWAY_PROGRESS_FOLD_SECONDS",
+controller.PROGRESS.fold_seconds = env_float("SLIPWAY_PROGRESS_FOLD_SECONDS",
                                               controller.PROGRESS_FOLD_SECONDS)
-CONFLICT_RECHECK = _env_float("SLIPWAY_CONFLICT_RECHECK_SECONDS",
+CONFLICT_RECHECK = env_float("SLIPWAY_CONFLICT_RECHECK_SECONDS",
                               controller.CONFLICT_RECHECK_SECONDS)
 controller.VERIFIER.limit(
-    max_in_flight=int(_env_float("SLIPWAY_SMOKE_MAX_IN_FLIGHT", verifier.MAX_IN_FLIGHT)),
-    per_namespace=int(_env_float("SLIPWAY_SMOKE_PER_NAMESPACE", verifier.PER_NAMESPACE)))
+    max_in_flight=int(env_float("SLIPWAY_SMOKE_MAX_IN_FLIGHT", verifier.MAX_IN_FLIGHT)),
+    per_namespace=int(env_float("SLIPWAY_SMOKE_PER_NAMESPACE", verifier.PER_NAMESPACE)))
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -209,12 +211,6 @@ def take_over() -> None:
     log.info("leading: looking at the %d ModelDeployment(s) whose looks waited",
              PARKED.count())
     PARKED.take_all()
-
-
-def stand_by() -> None:
-    """No longer leading: the fence already refuses every write. Smoke-test runs in flight
-    finish and their results stay (evidence about a pod, whoever records it); no new one starts,
-    as no reconcile runs."""
 
 
 @kopf.on.startup()

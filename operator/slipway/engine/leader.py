@@ -13,9 +13,9 @@ acting), it measures expiry on the wall clock, and it exposes no "do I still hol
 that writes could be fenced with. Why not kopf's peering: it uses a KopfPeering resource of
 its own, not a Lease, and peers of equal priority all pause.
 
-Losing the Lease does not end the process: the fence closes at once, ``on_stopped`` drops what
-the leader held in memory (smoke-test runs), and the elector goes on trying, so that an API
-outage longer than the renew deadline ends in the same process leading again, not a restart.
+Losing the Lease does not end the process: the fence closes at once and the elector goes on
+trying, so that an API outage longer than the renew deadline ends in the same process leading
+again, not a restart.
 """
 
 from __future__ import annotations
@@ -52,14 +52,15 @@ def default_identity() -> str:
 
 class Elector:
     def __init__(self, *, namespace: str, name: str, identity: str, timing: leader.Timing,
-                 on_started: Callable[[], None], on_stopped: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 on_started: Callable[[], None]) -> None:
+        """``on_started``: called on the elector's thread each time this process starts
+        leading (the fence is open by then)."""
         self.namespace, self.name, self.identity, self.timing = namespace, name, identity, timing
-        self._on_started, self._on_stopped = on_started, on_stopped
-        self._clock = clock
+        self._on_started = on_started
+        self._clock = time.monotonic
         self._lock = threading.Lock()
         self._valid_until = 0.0  # on self._clock: the fence is open until then
-        self._leading = False  # as the loop last saw it (on_started called, on_stopped not)
+        self._leading = False  # as the loop last saw it (on_started called, not lost since)
         self._held: leader.Held | None = None  # the Lease as last read or written
         self._observed = leader.Observed()
         self._stop = threading.Event()
@@ -80,11 +81,9 @@ class Elector:
 
     # -- the loop
 
-    def start(self, run: Callable[[Callable[[], None]], None] | None = None) -> None:
-        """Start the loop on a thread of its own; ``run`` wraps it (a contextvars.Context's
-        ``run``, say)."""
-        target = self._loop if run is None else (lambda: run(self._loop))
-        self._thread = threading.Thread(target=target, name="slipway-leader", daemon=True)
+    def start(self) -> None:
+        """Start the loop on a thread of its own."""
+        self._thread = threading.Thread(target=self._loop, name="slipway-leader", daemon=True)
         self._thread.start()
 
     def stop(self, release: bool = True) -> None:
@@ -147,10 +146,7 @@ class Elector:
             if action == leader.WAIT:
                 metrics.LEADER_ATTEMPTS.labels("held-by-another").inc()
                 self._problem("")
-                with self._lock:
-                    was_leading, self._leading = self._leading, False
-                    self._valid_until = 0.0  # someone else holds it: this process does not
-                if was_leading:
+                if self._leading:  # someone else holds it: this process does not
                     self._lost(f"the Lease is held by {self.holder}")
                 return False
             now = datetime.datetime.now(datetime.timezone.utc)
@@ -185,8 +181,8 @@ class Elector:
         with self._lock:
             lapsed = self._leading and self._valid_until <= now_mono
         if lapsed:
-            # The fence closed meanwhile (looks were dropped while it was): a new start, so
-            # that every object is looked at again.
+            # The fence closed meanwhile (looks were parked while it was): a new start, so
+            # that on_started takes them up.
             self._lost("renewed only after the renew deadline had passed")
         with self._lock:
             self._valid_until = sent + self.timing.renew_deadline
@@ -217,7 +213,6 @@ class Elector:
         log.warning("leader election: %s stopped leading: %s; standing by", self.identity, why)
         metrics.LEADER.set(0)
         metrics.LEADER_CHANGES.labels("stopped").inc()
-        self._on_stopped()
 
     def _problem(self, text: str) -> None:
         """Log a failure once, not every retry period; and its end."""

@@ -57,6 +57,19 @@ WATCH_EVENTS = prometheus_client.Counter(
     ["kind"], registry=REGISTRY)
 
 
+LEADER = prometheus_client.Gauge(
+    "slipway_leader", "1 while this process holds the leader Lease and may act, 0 standing by.",
+    registry=REGISTRY)
+LEADER_CHANGES = prometheus_client.Counter(
+    "slipway_leader_changes_total",
+    "Times this process started or stopped leading (started, stopped).", ["change"],
+    registry=REGISTRY)
+LEADER_ATTEMPTS = prometheus_client.Counter(
+    "slipway_leader_lease_attempts_total",
+    "Attempts on the leader Lease, by result: create, take, renew (written), held-by-another, "
+    "conflict (someone wrote first), error.", ["result"], registry=REGISTRY)
+
+
 class _Collector(registry.Collector):
     """Series read at scrape time: API requests this process made, objects in the cache."""
 
@@ -104,15 +117,3 @@ def forget(namespace: str, name: str) -> None:
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the cluster
     prometheus_client.start_http_server(port, addr=address, registry=REGISTRY)
 
-
-LEADER = prometheus_client.Gauge(
-    "slipway_leader", "1 while this process holds the leader Lease and may act, 0 standing by.",
-    registry=REGISTRY)
-LEADER_CHANGES = prometheus_client.Counter(
-    "slipway_leader_changes_total",
-    "Times this process started or stopped leading (started, stopped).", ["change"],
-    registry=REGISTRY)
-LEADER_ATTEMPTS = prometheus_client.Counter(
-    "slipway_leader_lease_attempts_total",
-    "Attempts on the leader Lease, by result: create, take, renew (written), held-by-another, "
-    "conflict (someone wrote first), error.", ["result"], registry=REGISTRY)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import math
 import os
 import re
 
@@ -58,24 +57,14 @@ def election_timing() -> leader.Timing:
     """SLIPWAY_LEASE_SECONDS, SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS and
     SLIPWAY_LEASE_RETRY_SECONDS, client-go's 15, 10 and 2 by default; unsafe ones stop the
     operator at once, saying why."""
-    values = {}
-    for variable, field, default in (("SLIPWAY_LEASE_SECONDS", "lease_seconds", 15.0),
-                                     ("SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS", "renew_deadline",
-                                      10.0),
-                                     ("SLIPWAY_LEASE_RETRY_SECONDS", "retry_period", 2.0)):
-        raw = os.environ.get(variable, "")
-        try:
-            value = float(raw) if raw else default
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise SystemExit(f"slipway: {variable}={raw!r} must be a number of seconds")
-        values[field] = value
-    if values["lease_seconds"] != int(values["lease_seconds"]):
+    from slipway.engine.handlers import env_float  # the handlers' own settings' reader
+
+    lease = env_float("SLIPWAY_LEASE_SECONDS", 15)
+    if lease != int(lease):
         raise SystemExit("slipway: SLIPWAY_LEASE_SECONDS must be whole seconds")
-    timing = leader.Timing(lease_seconds=int(values["lease_seconds"]),
-                           renew_deadline=values["renew_deadline"],
-                           retry_period=values["retry_period"])
+    timing = leader.Timing(lease_seconds=int(lease),
+                           renew_deadline=env_float("SLIPWAY_LEASE_RENEW_DEADLINE_SECONDS", 10),
+                           retry_period=env_float("SLIPWAY_LEASE_RETRY_SECONDS", 2))
     problems = timing.problems()
     if problems:
         raise SystemExit("slipway: unsafe leader election timing: " + "; ".join(problems))
@@ -119,7 +108,7 @@ def run(*, namespaces: list[str], liveness: str, standalone: bool, verbose: bool
         handlers.elect(elector.Elector(
             namespace=lease_namespace(lease_ns), name=lease_name,
             identity=identity or elector.default_identity(), timing=timing,
-            on_started=handlers.take_over, on_stopped=handlers.stand_by))
+            on_started=handlers.take_over))
     if metrics_port:
         metrics.serve(metrics_port)
 
