@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from slipway.engine import controller
+from slipway.logic import render
 from tests.cluster.conftest import Operator
 from tests.cluster.kube import Kubectl, load_yaml, wait_until
 from tests.conftest import EXAMPLES
@@ -162,7 +163,9 @@ def settled(kubectl: Kubectl, operator: Operator, namespace: str, quiet: float =
     the event counters must then hold still for ``quiet`` seconds, and the versions must be the
     same afterwards (else again). Without this, the Deployment controller's last status write
     of a release just Ready could be read in the first snapshot and its event counted after
-    the second, as if an unrelated object had reached the operator (CI saw 3)."""
+    the second, as if an unrelated object had reached the operator (CI saw 3). Before that,
+    the children of earlier tests' namespaces must be gone: their deletion is delivered to the
+    operator too, and is not in this namespace's snapshot (a fresh clone's run saw 1)."""
     def children() -> dict[str, dict[str, str]]:
         return {kind: versions(kubectl, namespace, res) for kind, res in CHILD_KINDS.items()}
 
@@ -170,6 +173,10 @@ def settled(kubectl: Kubectl, operator: Operator, namespace: str, quiet: float =
         return {kind: operator.metric("slipway_watch_events_total", kind=kind)
                 for kind in CHILD_KINDS}
 
+    # Slipway's children in the namespaces of earlier tests, still being deleted, are
+    # delivered to the operator too (they carry its labels): wait until they are gone.
+    wait_until(lambda: not terminating_children(kubectl), timeout=180,
+               what="Slipway's children in terminating namespaces to be gone")
     deadline = time.monotonic() + 120
     while True:
         ours = children()
@@ -177,6 +184,17 @@ def settled(kubectl: Kubectl, operator: Operator, namespace: str, quiet: float =
         if children() == ours:
             return ours, delivered
         assert time.monotonic() < deadline, "Slipway's own children kept changing for 120 s"
+
+
+def terminating_children(kubectl: Kubectl) -> list[str]:
+    """Slipway's pods, Deployments and Services in namespaces being deleted."""
+    terminating = {ns["metadata"]["name"] for ns in kubectl.get("namespaces")["items"]
+                   if (ns.get("status") or {}).get("phase") == "Terminating"}
+    listed = json.loads(kubectl.run("get", ",".join(CHILD_KINDS.values()), "-A", "-l",
+                                    f"{render.LABEL_MANAGED_BY}={render.MANAGER}", "-o",
+                                    "json").stdout)
+    return [f"{item['kind']} {item['metadata']['namespace']}/{item['metadata']['name']}"
+            for item in listed["items"] if item["metadata"]["namespace"] in terminating]
 
 
 def quiet_writes(operator: Operator, quiet: float, timeout: float) -> None:
