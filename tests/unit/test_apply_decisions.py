@@ -9,6 +9,7 @@ import time
 
 import pytest
 import yaml
+from kubernetes.client.rest import ApiException
 
 from slipway.clients import cache, kube
 from slipway.engine import controller
@@ -126,20 +127,26 @@ def test_invalid_spec_becomes_stalled_with_one_warning_per_generation() -> None:
     decided_on: list[str | None] = []
     posted: list[controller.Event] = []
 
-    def write(namespace: str, name: str, patch: dict, version: str | None) -> None:
+    def write(namespace: str, name: str, patch: dict, version: str | None) -> str:
         written.append(patch)
         decided_on.append(version)
+        return str(int(version or 0) + 1)
 
     first = controller.reconcile(body, posted.append, write)
     assert first.status["phase"] == "Invalid"
     assert written and written[0]["phase"] == "Invalid"
-    assert decided_on == ["41"]  # the copy it was decided on: the write's precondition
+    # The Warning is recorded with the decision (the outbox), posted, then the outbox emptied
+    assert [(a["type"], a["reason"]) for a in written[0]["announcements"]] == \
+        [("Warning", "InvalidSpec")]
+    assert written[1] == {"announcements": None} and "announcements" not in first.status
+    # each write carries the copy it was decided on: the write's precondition
+    assert decided_on == ["41", "42"]
     stalled = [c for c in first.status["conditions"] if c["type"] == "Stalled"][0]
     assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
     assert "spec.model.version" in stalled["message"]
     assert [(e.type, e.reason) for e in first.events] == [("Warning", "InvalidSpec")]
     again = controller.reconcile({**body, "status": first.status}, posted.append, write)
-    assert again.events == [] and len(written) == 1 and len(posted) == 1
+    assert again.events == [] and len(written) == 2 and len(posted) == 1
     assert controller.status_patch(first.status, again.status) is None
 
 
@@ -340,3 +347,47 @@ def test_a_new_objects_two_children_go_out_at_once_and_errors_come_back() -> Non
 
     with pytest.raises(RuntimeError, match="503"):
         controller.at_once(lambda: None, failing_second)
+
+
+def test_announcements_a_killed_operator_recorded_are_posted_and_counted_once() -> None:
+    from slipway.engine import metrics
+    from slipway.logic import announce
+
+    # Given a status whose decision was written, but whose Events were never posted (killed)
+    left = announce.make(("uid-k", 4, "40"), [
+        controller.Event("Warning", "SmokeTestFailed", "1 of 1 smoke tests failed"),
+        controller.Event("Warning", "RollingBack", "rolling back to abc")], cause="KilledCause")
+    status = announce.with_outbox({"phase": "Invalid", "observedGeneration": 4}, set(), left)
+    body = {"metadata": {"name": "iris", "namespace": "ns", "generation": 4, "uid": "uid-k",
+                         "resourceVersion": "41"},
+            "spec": {"model": {"name": "iris"}}, "status": status}
+    reverts = metrics.REVERTS.labels("KilledCause")
+    before = reverts._value.get()
+    written: list[dict] = []
+    posted: list[announce.Announcement] = []
+    failing = [True]
+
+    def post(item: announce.Announcement) -> None:
+        if item.reason == "InvalidSpec" and failing[0]:
+            failing[0] = False
+            raise ApiException(status=503, reason="Service Unavailable")
+        posted.append(item)
+
+    def write(namespace: str, name: str, patch: dict, version: str | None) -> str:
+        written.append(patch)
+        return str(int(version or 0) + 1)
+
+    # When the next operator reconciles it (and the API server refuses one Event once)
+    first = controller.reconcile(body, post, write)
+    # Then the old ones come first, are counted once, and the refused one stays to be posted
+    assert [a.reason for a in posted] == ["SmokeTestFailed", "RollingBack"]
+    assert reverts._value.get() == before + 1
+    assert [a["reason"] for a in written[-1]["announcements"]] == ["InvalidSpec"]
+    assert first.requeue_after == controller.ANNOUNCE_RETRY_SECONDS
+    # And the next look posts it and empties the outbox; nothing is posted or counted twice
+    again = controller.reconcile({**body, "metadata": {**body["metadata"],
+                                                       "resourceVersion": "43"},
+                                  "status": {**first.status, **written[-1]}}, post, write)
+    assert [a.reason for a in posted] == ["SmokeTestFailed", "RollingBack", "InvalidSpec"]
+    assert written[-1] == {"announcements": None} and again.requeue_after is None
+    assert reverts._value.get() == before + 1

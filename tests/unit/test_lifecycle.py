@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
 from typing import Any
 
 import pytest
@@ -331,3 +333,16 @@ def test_a_new_generation_keeps_the_verdict_only_when_its_checks_are_the_same(
         assert decision.events == () and decision.action == "none"
     else:
         assert decision.action == "verify"
+
+
+def test_every_phase_a_decision_enters_is_a_kill_point() -> None:
+    import typing
+
+    from slipway.api import models
+
+    # Pending is before any decision; Invalid is a stall of the controller, not a decision.
+    assert set(typing.get_args(models.Phase)) - {"Pending", "Invalid"} == \
+        set(lifecycle.DECIDED_PHASES)
+    source = (pathlib.Path(lifecycle.__file__)).read_text()
+    decided = set(re.findall(r'phase="(\w+)"', source))
+    assert decided == set(lifecycle.DECIDED_PHASES)

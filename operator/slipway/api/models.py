@@ -1135,6 +1135,16 @@ class HistoryEntry(Base):
     at: Annotated[str, Field(max_length=64)]
 
 
+class Announcement(Base):
+    """An Event decided with the status it sits in, not yet known to be posted."""
+
+    key: Annotated[str, Field(max_length=64)]
+    type: Annotated[str, Field(max_length=16)]
+    reason: Annotated[str, Field(max_length=128)]
+    message: Annotated[str, Field(max_length=1024)] = ""
+    cause: Annotated[str, Field(max_length=128)] | None = None
+
+
 class ModelDeploymentStatus(Base):
     """Written by the operator only: everything it knows, for kubectl, Argo CD and Flux."""
 
@@ -1167,6 +1177,9 @@ class ModelDeploymentStatus(Base):
         "its own smoke tests passed).")
     history: Annotated[list[HistoryEntry], Field(max_length=32)] = Field(
         default_factory=list, description="Verdicts, newest last (at most 20 kept).")
+    announcements: Annotated[list[Announcement], Field(max_length=32)] = Field(
+        default_factory=list, description="The outbox: Events recorded with a decision and "
+        "not yet posted (empty once they are; a restarted operator posts what it finds).")
 
 
 EnvFromSource.model_rebuild()

@@ -420,6 +420,19 @@ def list_endpoint_slices(namespace: str, service: str) -> list[dict[str, Any]]:
 # Rollback targets, kept as ControllerRevisions owned by the ModelDeployment
 
 
+def create_event(body: dict[str, Any]) -> bool:
+    """Post a core/v1 Event of a fixed name: True when created, False when one of that name
+    is there already (the same announcement, posted before a crash or by a former leader)."""
+    namespace = body["metadata"]["namespace"]
+    try:
+        request("POST", _namespaced("v1", namespace, "events"), body=body)
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
 def _revision_path(namespace: str, name: str = "") -> str:
     return _namespaced("apps/v1", namespace, "controllerrevisions", name)
 

@@ -25,7 +25,9 @@ import concurrent.futures
 import contextvars
 import dataclasses
 import json
+import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,9 +38,15 @@ from kubernetes.client.rest import ApiException
 from slipway.api import models, validation
 from slipway.clients import cache, kube, smoke
 from slipway.engine import metrics, verifier
-from slipway.logic import conditions, gates, lifecycle, render, rollout, targets
+from slipway.logic import announce, conditions, gates, lifecycle, render, rollout, targets
 
 HISTORY_LIMIT = 20
+log = logging.getLogger("slipway")
+# For the kill tests only: SIGKILL this process right after the write named here, as a crash
+# at exactly that point would: "status:<phase>" (the status write that enters that phase) or
+# "gate" (a pod's readiness gate written), then "@<namespace>" (only for objects there).
+# Unset in every manifest.
+CRASH_AFTER_ENV = "SLIPWAY_CRASH_AFTER"
 # How often a ChildConflict is looked at again (the stranger may have been removed).
 CONFLICT_RECHECK_SECONDS = 30.0
 SMOKE_ROUTE_ENV = "SLIPWAY_SMOKE_ROUTE"  # auto (default), direct, or proxy
@@ -51,6 +59,13 @@ U = TypeVar("U")
 # The second of two independent requests (the Deployment's and the Service's), sent while the
 # reconcile thread sends the first: one round trip for both, not two.
 _PAIRED = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="slipway-pair")
+
+
+def crash_point(point: str, namespace: str) -> None:
+    wanted = os.environ.get(CRASH_AFTER_ENV)
+    if wanted and wanted == f"{point}@{namespace}":
+        log.warning("%s=%s: killing this process here", CRASH_AFTER_ENV, wanted)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def at_once(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
@@ -68,7 +83,7 @@ def at_once(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
 @dataclasses.dataclass
 class Outcome:
     status: dict[str, Any]
-    events: list[Event] = dataclasses.field(default_factory=list)
+    events: list[announce.Announcement] = dataclasses.field(default_factory=list)
     requeue_after: float | None = None
 
 
@@ -81,7 +96,7 @@ class Stale(Exception):
     fresh read before a verdict): reconcile again, from the fresh copy now in the cache."""
 
 
-EventSink = Callable[[Event], None]
+EventSink = Callable[[announce.Announcement], None]
 # (namespace, name, status patch, the resourceVersion it was decided on) -> the new version
 StatusWriter = Callable[[str, str, dict[str, Any], str | None], object]
 
@@ -564,14 +579,41 @@ def _with_history(status: dict[str, Any], events: tuple[lifecycle.Event, ...],
     return status
 
 
-def _count(decision: lifecycle.Decision) -> None:
-    reasons = [event.reason for event in decision.events]
-    for reason in reasons:
-        outcome = _HISTORY_REASONS.get(reason)
-        if outcome is not None:
-            metrics.ROLLOUTS.labels(outcome, reason).inc()
-    if lifecycle.ROLLING_BACK in reasons and decision.failure is not None:
-        metrics.REVERTS.labels(str(decision.failure.get("reason"))).inc()
+def _count(announcement: announce.Announcement) -> None:
+    outcome = _HISTORY_REASONS.get(announcement.reason)
+    if outcome is not None:
+        metrics.ROLLOUTS.labels(outcome, announcement.reason).inc()
+    if announcement.reason == lifecycle.ROLLING_BACK and announcement.cause:
+        metrics.REVERTS.labels(announcement.cause).inc()
+
+
+class Delivered:
+    """The announcement keys this process has posted (and counted), newest kept."""
+
+    def __init__(self, size: int = 65536) -> None:
+        self._keys: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def add(self, key: str) -> None:
+        with self._lock:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
+            while len(self._keys) > self._size:
+                self._keys.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def among(self, keys: list[str]) -> set[str]:
+        with self._lock:
+            return {key for key in keys if key in self._keys}
+
+
+DELIVERED = Delivered()
+# Retry an announcement the API server did not take after this long.
+ANNOUNCE_RETRY_SECONDS = 5.0
 
 
 class Reconciler:
@@ -598,8 +640,16 @@ class Reconciler:
         self._live_units: set[str] = set()  # the pod runs this reconcile still wants
         # A progress-only status write held back: look again in this many seconds.
         self.progress_due: float | None = None
+        self.posted: list[announce.Announcement] = []  # what this reconcile announced
 
-    def write(self, status: dict[str, Any]) -> None:
+    def write(self, status: dict[str, Any], announcing: Sequence[Event] = (),
+              cause: str = "") -> None:
+        """Write ``status`` (if it changed), with ``announcing`` in its outbox; then post
+        what the outbox holds."""
+        new = announce.make((self.meta.uid or self.meta.name, self.meta.generation,
+                             self.version), announcing, cause)
+        status = announce.with_outbox(status, DELIVERED.among(
+            [item.key for item in announce.pending(self.written)]), new)
         patch = status_patch(self.written, status)
         if patch:
             key = (self.meta.namespace, self.meta.name)
@@ -620,7 +670,12 @@ class Reconciler:
             PROGRESS.wrote(key)
             if isinstance(version, str):
                 self.version = version
+            before = self.written.get("phase")
             self.written = status
+            if status.get("phase") != before:
+                crash_point(f"status:{status.get('phase')}", self.meta.namespace)
+        if new:
+            self.deliver()
 
     def confirm_fresh(self) -> None:
         """A fresh read, before a verdict is recorded: the verdict must be about the
@@ -635,9 +690,45 @@ class Reconciler:
             raise Stale(f"{self.meta.name} changed (resourceVersion {self.version} → {version})"
                         " while a verdict was being decided")
 
-    def emit(self, events: list[Event]) -> None:
-        for event in events:
-            self.post(event)
+    def deliver(self) -> None:
+        """Post what the recorded outbox holds that this process has not posted yet (its
+        own decision just written, or one a killed predecessor recorded), and count it."""
+        for item in announce.pending(self.written):
+            if item.key in DELIVERED:
+                continue
+            failed: Exception | None = None
+            try:
+                self.post(item)
+            except ApiException as error:
+                failed = error
+            except kube.TRANSPORT_ERRORS as error:
+                failed = error
+            if failed is not None:
+                # Kept in the outbox (in order): a later look posts it.
+                log.warning("%s/%s: Event %s not posted, kept to post again: %s",
+                            self.meta.namespace, self.meta.name, item.reason, failed)
+                self.progress_due = ANNOUNCE_RETRY_SECONDS if self.progress_due is None \
+                    else min(self.progress_due, ANNOUNCE_RETRY_SECONDS)
+                return
+            DELIVERED.add(item.key)
+            _count(item)
+            self.posted.append(item)
+
+    def settle(self) -> None:
+        """Empty the outbox of what was posted (one write; none when nothing was)."""
+        keys = [item.key for item in announce.pending(self.written)]
+        if keys and DELIVERED.among(keys):
+            self.write(self.written)
+
+    def post_now(self, events: Sequence[Event]) -> None:
+        """Events with no decision recorded in status (a pod's own verdict, recorded in its
+        gate): named after what they say, so a second post of the same one changes nothing."""
+        for item in announce.make((self.meta.uid or self.meta.name, "pod"), events):
+            if item.key in DELIVERED:
+                continue
+            self.post(item)
+            DELIVERED.add(item.key)
+            self.posted.append(item)
 
     def stall(self, reason: str, message: str, phase: str,
               recheck_after: float | None = None) -> Outcome:
@@ -651,12 +742,14 @@ class Reconciler:
         status = _stalled_status(self.written, generation, reason, message, phase)
         events = _stall_events(self.body.get("status") or {}, generation, reason,
                                message[:1000])
-        self.write(status)
-        self.emit(events)
-        return Outcome(status, events, requeue_after=recheck_after)
+        self.write(status, events)
+        return Outcome(status, self.posted, requeue_after=recheck_after)
 
     def run(self) -> Outcome:
+        # A killed predecessor's announcements first: they come before anything decided now.
+        self.deliver()
         outcome = self._run_guarded()
+        self.settle()
         if self.progress_due is not None:
             due = self.progress_due
             outcome.requeue_after = due if outcome.requeue_after is None else \
@@ -787,20 +880,15 @@ class Reconciler:
         report = self._gates(spec, target, observed, recorded, pods)
         observed = dataclasses.replace(observed, pod_verdict=report.pod_verdict)
         decision = lifecycle.decide(recorded, observed)
-        posted: list[Event] = []
         job: verifier.Job | None = None
-        self.emit(report.events)
-        posted += report.events
+        self.post_now(report.events)
 
         if decision.action == "verify":
             # Say so before the requests go out: a restart mid-way finds Verifying and runs
             # the (read-only) smoke tests again; the verdict is recorded once, below.
             status = self._with_pods(_compose(self.written, decision, observed, state), report,
                                      decision)
-            self.write(status)
-            events = list(decision.events)
-            self.emit(events)
-            posted += events
+            self.write(status, decision.events)
             revision = decision.verify_revision or observed.desired
             verify_spec = spec if revision == observed.desired or target is None else target.spec
             job = verifier.Job(meta.namespace, meta.name, revision, generation,
@@ -815,7 +903,7 @@ class Reconciler:
                                          report.verified_now.get(revision, frozenset()))
                 # The verdict brings a reconcile of its own; this one is only a safety net.
                 safety = job.deadline + verifier.MARGIN_SECONDS + 5
-                return Outcome(status, posted,
+                return Outcome(status, self.posted,
                                requeue_after=min(safety, report.requeue_after or safety))
             attempts = job.attempt + 1 if verdict.outcome == "Error" else 1
             smoke_status = verdict.to_status(revision=revision, generation=generation,
@@ -865,6 +953,7 @@ class Reconciler:
                                                               generation)
         status = _with_history(status, decision.events, observed, spec, target)
 
+        cause = str((decision.failure or {}).get("reason") or "")
         verdict_recorded = record is not None or any(event.reason in _HISTORY_REASONS
                                                      for event in decision.events)
         if verdict_recorded:
@@ -875,28 +964,24 @@ class Reconciler:
             # reconcile finds the Deployment on it and says Progressing), so the children come
             # first and the status after, one round trip sooner.
             self._act(decision, spec, rendered, target, observed)
-            self.write(status)
+            self.write(status, decision.events, cause)
         else:
             # Record first, then act: a restart after this point finds the decision and repeats
             # only idempotent applies (and creates the target's ControllerRevision if it is
             # missing).
-            self.write(status)
+            self.write(status, decision.events, cause)
             if job is not None:
                 self.verifications.forget(job)
             if record is not None:
                 store_target(meta, spec, rendered, record)
             self._act(decision, spec, rendered, target, observed)
-        events = list(decision.events)
-        self.emit(events)
-        posted += events
-        _count(decision)
         requeue = decision.requeue_after
         if recheck is not None and decision.phase in ("Progressing", "RollingBack"):
             requeue = recheck if requeue is None else min(requeue, recheck)
         if report.requeue_after is not None:
             requeue = report.requeue_after if requeue is None else min(requeue,
                                                                        report.requeue_after)
-        return Outcome(status, posted, requeue_after=requeue)
+        return Outcome(status, self.posted, requeue_after=requeue)
 
     def _target_missing(self, target: Target | None, fresh: render.Rendered,
                         generation: int) -> bool:
@@ -1064,6 +1149,7 @@ class Reconciler:
                                         gates.patch_body(str(meta["uid"]), cond))
         if written:
             metrics.GATES.labels("open" if open_ else reason).inc()
+            crash_point("gate", self.meta.namespace)
         return written
 
     def _keep_pod_runs(self, job: verifier.Job | None) -> None:

@@ -34,6 +34,7 @@ import math
 import os
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -41,7 +42,7 @@ import kopf
 from slipway.api import models
 from slipway.clients import cache, kube
 from slipway.engine import controller, leader, metrics, verifier
-from slipway.logic import render
+from slipway.logic import announce, render
 
 MANAGED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGER}"
 CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "pods"),
@@ -203,6 +204,11 @@ class Parked:
 
 
 PARKED = Parked()
+
+
+def _micro_now() -> str:
+    """An Event's times: eventTime is a MicroTime (microseconds, UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def take_over() -> None:
@@ -456,13 +462,17 @@ def reconcile(namespace: str, name: str) -> None:
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return False
 
-            def post(event: controller.Event) -> None:
-                if not leading():  # kopf posts it later, on its own: fence it here
-                    raise kube.NotLeader(f"Event {event.reason}: not the leader")
-                kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
-                           message=event.message)
-                log.info("%s/%s: %s %s: %s", namespace, name, event.type, event.reason,
-                         event.message)
+            ref = {"apiVersion": body.get("apiVersion") or f"{models.GROUP}/{models.VERSION}",
+                   "kind": body.get("kind") or "ModelDeployment", "name": name,
+                   "namespace": namespace, "uid": body["metadata"].get("uid")}
+
+            def post(item: announce.Announcement) -> None:
+                # Sent now (fenced like every write), named after its key: a second post of
+                # the same announcement finds it there and adds nothing.
+                created = kube.create_event(announce.event_body(
+                    ref, item, _micro_now(), ELECTOR.identity if ELECTOR else ""))
+                log.info("%s/%s: %s %s: %s%s", namespace, name, item.type, item.reason,
+                         item.message, "" if created else " (posted before)")
 
             outcome = controller.reconcile(
                 body, post, OWN_WRITES.write, conflict_recheck=CONFLICT_RECHECK,

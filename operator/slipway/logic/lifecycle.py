@@ -111,6 +111,14 @@ class Observed:
     pod_verdict: SmokeResult | None = None
 
 
+# The phases a decision enters. Each is a kill point of the chaos tests
+# (tests/cluster/test_kill_points.py, which has a story for each): the operator is killed
+# right after the status write that enters it, and must converge after a restart with one
+# verdict per revision, one revert at most, and each Event once. A phase added here without a
+# story there fails that test.
+DECIDED_PHASES = ("Progressing", "Verifying", "Ready", "Failed", "RollingBack", "RolledBack")
+
+
 @dataclasses.dataclass(frozen=True)
 class Cond:
     status: bool
