@@ -726,7 +726,18 @@ class Reconciler:
         for item in announce.make((self.meta.uid or self.meta.name, "pod"), events):
             if item.key in DELIVERED:
                 continue
-            self.post(item)
+            failed: Exception | None = None
+            try:
+                self.post(item)
+            except ApiException as error:
+                failed = error
+            except kube.TRANSPORT_ERRORS as error:
+                failed = error
+            if failed is not None:
+                # Not a reason to stop the reconcile, nor a child the API server refused.
+                log.warning("%s/%s: Event %s not posted: %s", self.meta.namespace,
+                            self.meta.name, item.reason, failed)
+                continue
             DELIVERED.add(item.key)
             self.posted.append(item)
 
