@@ -690,19 +690,24 @@ class Reconciler:
             raise Stale(f"{self.meta.name} changed (resourceVersion {self.version} → {version})"
                         " while a verdict was being decided")
 
+    def _try_post(self, item: announce.Announcement) -> Exception | None:
+        """Post one; the API server's refusal or a broken connection is returned, not
+        raised (NotLeader is raised: nothing may be sent)."""
+        try:
+            self.post(item)
+        except ApiException as error:
+            return error
+        except kube.TRANSPORT_ERRORS as error:
+            return error
+        return None
+
     def deliver(self) -> None:
         """Post what the recorded outbox holds that this process has not posted yet (its
         own decision just written, or one a killed predecessor recorded), and count it."""
         for item in announce.pending(self.written):
             if item.key in DELIVERED:
                 continue
-            failed: Exception | None = None
-            try:
-                self.post(item)
-            except ApiException as error:
-                failed = error
-            except kube.TRANSPORT_ERRORS as error:
-                failed = error
+            failed = self._try_post(item)
             if failed is not None:
                 # Kept in the outbox (in order): a later look posts it.
                 log.warning("%s/%s: Event %s not posted, kept to post again: %s",
@@ -726,13 +731,7 @@ class Reconciler:
         for item in announce.make((self.meta.uid or self.meta.name, "pod"), events):
             if item.key in DELIVERED:
                 continue
-            failed: Exception | None = None
-            try:
-                self.post(item)
-            except ApiException as error:
-                failed = error
-            except kube.TRANSPORT_ERRORS as error:
-                failed = error
+            failed = self._try_post(item)
             if failed is not None:
                 # Not a reason to stop the reconcile, nor a child the API server refused.
                 log.warning("%s/%s: Event %s not posted: %s", self.meta.namespace,
