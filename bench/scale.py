@@ -550,11 +550,20 @@ def main() -> None:
                   f"last {soak[-1]:.0f} MiB ({(max(soak) - min(soak)) / min(soak) * 100:.1f} %) "
                   "| | |")
     finally:
-        if operator_process is not None and not args.keep:
-            operator_process.terminate()
-            operator_process.wait(timeout=30)
-        if not args.keep:
-            cluster.down(state_dir, quiet=True)
+        try:
+            if operator_process is not None and not args.keep:
+                operator_process.terminate()
+                try:
+                    operator_process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    say("  the operator did not stop in 30 s: killed")
+                    operator_process.kill()
+                    operator_process.wait(timeout=30)
+        finally:
+            if not args.keep:
+                # Always, even when the operator would not stop: else the cluster and every
+                # pod's server outlive the bench.
+                cluster.down(state_dir, quiet=True)
 
 
 def summarise(path: pathlib.Path, top: int = 40) -> str:
