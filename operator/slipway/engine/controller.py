@@ -721,8 +721,7 @@ class Reconciler:
 
     def settle(self) -> None:
         """Empty the outbox of what was posted (one write; none when nothing was)."""
-        keys = [item.key for item in announce.pending(self.written)]
-        if keys and DELIVERED.among(keys):
+        if DELIVERED.among([item.key for item in announce.pending(self.written)]):
             self.write(self.written)
 
     def post_now(self, events: Sequence[Event]) -> None:

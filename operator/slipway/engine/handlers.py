@@ -43,6 +43,7 @@ from slipway.api import models
 from slipway.clients import cache, kube
 from slipway.engine import controller, leader, metrics, verifier
 from slipway.logic import announce, render
+from slipway.logic import leader as lease_rules
 
 MANAGED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGER}"
 CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "pods"),
@@ -204,11 +205,6 @@ class Parked:
 
 
 PARKED = Parked()
-
-
-def _micro_now() -> str:
-    """An Event's times: eventTime is a MicroTime (microseconds, UTC)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def take_over() -> None:
@@ -469,8 +465,9 @@ def reconcile(namespace: str, name: str) -> None:
             def post(item: announce.Announcement) -> None:
                 # Sent now (fenced like every write), named after its key: a second post of
                 # the same announcement finds it there and adds nothing.
+                stamp = lease_rules.micro_time(datetime.now(UTC))  # eventTime is a MicroTime
                 created = kube.create_event(announce.event_body(
-                    ref, item, _micro_now(), ELECTOR.identity if ELECTOR else ""))
+                    ref, item, stamp, ELECTOR.identity if ELECTOR else ""))
                 log.info("%s/%s: %s %s: %s%s", namespace, name, item.type, item.reason,
                          item.message, "" if created else " (posted before)")
 
