@@ -154,7 +154,8 @@ def release(name: str, image: str) -> dict[str, Any]:
     return dict(doc)
 
 
-def write_requests(state: cluster.ClusterState) -> float:
+def write_requests(state: cluster.ClusterState, resources: set[str] = RESOURCES) -> float:
+    """Mutating requests on ``resources`` the API server has answered so far (all clients)."""
     pki = pathlib.Path(state.state_dir) / "pki"
     context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
@@ -168,7 +169,7 @@ def write_requests(state: cluster.ClusterState) -> float:
         labels = dict(part.split("=", 1) for part in
                       labels_text[len("apiserver_request_total{"):-1].split(",") if "=" in part)
         labels = {k: v.strip('"') for k, v in labels.items()}
-        if labels.get("verb") in WRITES and labels.get("resource") in RESOURCES:
+        if labels.get("verb") in WRITES and labels.get("resource") in resources:
             total += float(value)
     return total
 

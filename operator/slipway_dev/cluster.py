@@ -145,6 +145,7 @@ class Component:
     pid: int
     log: str
     health: str | None = None  # URL polled by status
+    argv: list[str] | None = None  # how it was started, for restart_etcd
 
 
 @dataclasses.dataclass
@@ -297,16 +298,17 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
     progress.next("etcd")
     etcd_port, peer_port = free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
-    etcd = _spawn("etcd", [
+    etcd_argv = [
         bins["etcd"], "--name", "slipway-dev", "--data-dir", str(state_dir / "etcd"),
         "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
         "--initial-cluster", f"slipway-dev=http://127.0.0.1:{peer_port}",
         "--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", str(2 * 1024**3),
-    ], logs)
+    ]
+    etcd = _spawn("etcd", etcd_argv, logs)
     state.components.append(Component("etcd", etcd.pid, str(logs / "etcd.log"),
-                                      f"{etcd_url}/health"))
+                                      f"{etcd_url}/health", argv=etcd_argv))
     state.save()
     wait_for("etcd /health", lambda: probe(f"{etcd_url}/health"), progress, timeout=60,
              process=etcd, log=logs / "etcd.log")
@@ -433,15 +435,20 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
 
 
 def run_operator(state: ClusterState, log: pathlib.Path,
-                 env: dict[str, str] | None = None,
-                 metrics_port: int = 0) -> subprocess.Popen[bytes]:
-    """``slipway run`` against this cluster with its admin credentials, logging to ``log``
-    (the benchmarks' operator; the tests run it as its own ServiceAccount)."""
+                 env: dict[str, str] | None = None, metrics_port: int = 0, *,
+                 identity: str | None = None,
+                 kubeconfig: str | None = None) -> subprocess.Popen[bytes]:
+    """``slipway run`` against this cluster with its admin credentials (or ``kubeconfig``),
+    logging to ``log`` (the benchmarks' operator; the tests run it as its own
+    ServiceAccount); ``identity``: its name in the leader Lease (default: host and random)."""
+    argv = [sys.executable, "-m", "slipway.cli", "run", "--liveness", "",
+            "--metrics-port", str(metrics_port), "--lease-namespace", "default"]
+    if identity:
+        argv += ["--identity", identity]
     with open(log, "ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "slipway.cli", "run", "--liveness", "",
-             "--metrics-port", str(metrics_port), "--lease-namespace", "default"],
-            env={"KUBECONFIG": state.kubeconfig, "PATH": "/usr/bin:/bin", **(env or {})},
+            argv, env={"KUBECONFIG": kubeconfig or state.kubeconfig, "PATH": "/usr/bin:/bin",
+                       **(env or {})},
             stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -536,6 +543,31 @@ def down(state_dir: pathlib.Path | None = None, *, quiet: bool = False,
     else:
         shutil.rmtree(state_dir, ignore_errors=True)
     return True
+
+
+def restart_etcd(state: ClusterState, *, down_seconds: float = 0.0, kill: bool = False,
+                 timeout: float = 60) -> float:
+    """Stop etcd (SIGTERM, or SIGKILL with ``kill``), keep it down for ``down_seconds``, start
+    it again on its data and ports, and wait for its /health. The API server stays up and
+    reconnects by itself. Returns the seconds etcd did not answer."""
+    etcd = state.component("etcd")
+    if etcd is None or not etcd.argv:
+        raise ClusterError("no restartable etcd in this cluster's state (started by an older "
+                           "slipway_dev?)")
+    began = time.monotonic()
+    if kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(etcd.pid, signal.SIGKILL)
+    _stop(etcd, grace=10)
+    time.sleep(down_seconds)
+    logs = pathlib.Path(etcd.log).parent
+    process = _spawn("etcd", etcd.argv, logs)
+    etcd.pid = process.pid
+    state.save()
+    progress = Progress(1, quiet=True)
+    wait_for("etcd /health after its restart", lambda: probe(str(etcd.health)), progress,
+             timeout=timeout, process=process, log=pathlib.Path(etcd.log))
+    return time.monotonic() - began
 
 
 def _stop(component: Component, *, grace: float) -> None:
