@@ -89,7 +89,8 @@ def _ec_key(name: str, pki: pathlib.Path) -> None:
              cwd=pki)
 
 
-def _signed_cert(name: str, subject: str, pki: pathlib.Path, *, server: bool = False) -> None:
+def _signed_cert(name: str, subject: str, pki: pathlib.Path, *, server: bool = False,
+                 service_ip: str = "10.0.0.1") -> None:
     _ec_key(name, pki)
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr",
              cwd=pki)
@@ -97,7 +98,8 @@ def _signed_cert(name: str, subject: str, pki: pathlib.Path, *, server: bool = F
     if server:
         ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
                        "extendedKeyUsage=serverAuth\n"
-                       "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+                       f"subjectAltName=IP:127.0.0.1,IP:{service_ip},DNS:localhost,"
+                       "DNS:kubernetes,"
                        "DNS:kubernetes.default,DNS:kubernetes.default.svc\n")
     else:
         ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
@@ -107,12 +109,15 @@ def _signed_cert(name: str, subject: str, pki: pathlib.Path, *, server: bool = F
              "-out", f"{name}.crt", cwd=pki)
 
 
-def make_pki(pki: pathlib.Path) -> None:
+def make_pki(pki: pathlib.Path, service_cidr: str = SERVICE_CIDR) -> None:
+    """The CA and every certificate; the API server's names its first Service IP (the
+    ``kubernetes`` Service's, which pods dial)."""
     pki.mkdir(parents=True, exist_ok=True)
     _ec_key("ca", pki)
     _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=slipway-dev-ca",
              "-days", "365", "-sha256", "-out", "ca.crt", cwd=pki)
-    _signed_cert("apiserver", "/CN=kube-apiserver", pki, server=True)
+    service_ip = str(next(ipaddress.ip_network(service_cidr).hosts()))
+    _signed_cert("apiserver", "/CN=kube-apiserver", pki, server=True, service_ip=service_ip)
     _signed_cert("admin", "/O=system:masters/CN=slipway-admin", pki)
     _signed_cert("kcm", "/CN=system:kube-controller-manager", pki)
     _signed_cert("scheduler", "/CN=system:kube-scheduler", pki)
@@ -292,8 +297,16 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
            crashloop_backoff_base: float | None, extra_agent_args: list[str]) -> None:
     state_dir = pathlib.Path(state.state_dir)
     bins = state.binaries
+
+    # The pod network first (the API server's certificate names its first Service IP): in netns
+    # mode the cluster IPs are a /20 of the same range, served by the node agent's service proxy
+    # on its bridge, so they answer and never leave the machine.
+    bridge = cidr = ""
+    if state.network != "loopback" and (state.network == "netns" or _netns_possible()):
+        bridge, cidr = pick_pod_network()
+        state.service_cidr = service_cidr_of(cidr)
     progress.next("certificates and keys (CA, serving, admin, components, service accounts)")
-    make_pki(pki)
+    make_pki(pki, state.service_cidr)
 
     progress.next("etcd")
     etcd_port, peer_port = free_port(), free_port()
@@ -313,12 +326,6 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
     wait_for("etcd /health", lambda: probe(f"{etcd_url}/health"), progress, timeout=60,
              process=etcd, log=logs / "etcd.log")
 
-    # The pod network first: in netns mode the cluster IPs are a /20 of the same range, served by
-    # the node agent's service proxy on its bridge, so they answer and never leave the machine.
-    bridge = cidr = ""
-    if state.network != "loopback" and (state.network == "netns" or _netns_possible()):
-        bridge, cidr = pick_pod_network()
-        state.service_cidr = service_cidr_of(cidr)
 
     progress.next("kube-apiserver (RBAC, default admission plugins incl. PodSecurity)")
     api_port = free_port()

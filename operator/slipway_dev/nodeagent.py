@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -178,6 +179,10 @@ class Container:
             argv = images.resolve_argv(
                 self.entry, self.spec.get("command"), self.spec.get("args"), self.env
             )
+            # Volumes need a mount namespace of the container's own: network-namespace mode
+            # (root) only; in loopback mode a container sees the host's folders, as before.
+            mounts = podlogic.container_mounts(self.spec, worker.volumes()) \
+                if net.exec_prefix else []
         except (podlogic.EnvError, images.ImageTableError) as exc:
             self._set_waiting("CreateContainerConfigError", str(exc))
             self.next_start = now + 2.0
@@ -187,8 +192,16 @@ class Container:
             "HOME": "/root" if os.geteuid() == 0 else os.environ.get("HOME", "/"),
             "HOSTNAME": worker.name,
             "SLIPWAY_BIND_HOST": net.bind_host,
+            **(worker.agent.kubernetes_env() if net.exec_prefix else {}),
             **self.env,
         }
+        wrapper: list[str] = []
+        if mounts:
+            wrapper = ["unshare", "--mount", "--propagation", "private", sys.executable, "-I",
+                       "-m", "slipway_dev.mountns"]
+            for source, target, read_only in mounts:
+                wrapper += ["--bind", source, target, *(["--ro", target] if read_only else [])]
+            wrapper.append("--")
         self.env = env  # exec probes run with the same environment
         if self.has_run:
             self.status.restart_count += 1
@@ -198,7 +211,7 @@ class Container:
         with open(log_path, "ab") as log_fh:
             try:
                 self.proc = subprocess.Popen(
-                    [*net.exec_prefix, *argv],
+                    [*net.exec_prefix, *wrapper, *argv],
                     env=env,
                     cwd=workdir,
                     stdin=subprocess.DEVNULL,
@@ -412,6 +425,31 @@ class PodWorker(threading.Thread):
         self.patch_retry_at = 0.0
         self.patch_error = ""
         self.done = False
+        self.volume_dirs: dict[str, str] | None = None
+
+    def volumes(self) -> dict[str, str]:
+        """The pod's volumes, written once under its folder (name -> folder): what each
+        container's volumeMounts bind. A projected service-account token is requested from the
+        API server (TokenRequest, bound to this pod), as the kubelet does; it is not renewed
+        (the node agent's pods live for a test, not for the token's hour)."""
+        if self.volume_dirs is None:
+            dirs = {}
+            net = self.net
+            for volume in self.pod["spec"].get("volumes") or []:
+                name = str(volume.get("name", ""))
+                files = podlogic.volume_files(
+                    self.pod, volume, self.agent.configmap, self.agent.secret,
+                    self.agent.token, net.ip if net else "", self.host_ip)
+                folder = self.log_dir / "volumes" / name
+                folder.mkdir(parents=True, exist_ok=True)
+                for path, text in (files or {}).items():
+                    target = folder / path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(text)
+                    target.chmod(0o644)
+                dirs[name] = str(folder)
+            self.volume_dirs = dirs
+        return self.volume_dirs
 
     def update(self, pod: dict[str, Any]) -> None:
         self.pod = pod
@@ -632,8 +670,43 @@ class Agent:
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self._events_seen: dict[tuple[str, str, str], float] = {}
+        self._kubernetes_env: dict[str, str] | None = None
 
-    # -- API lookups used by env resolution
+    # -- API lookups used by env resolution and volumes
+    def token(self, ns: str, account: str, audience: str, seconds: int, pod: str,
+              uid: str) -> str:
+        """A service-account token bound to the pod (the TokenRequest API)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
+            "audiences": [audience] if audience else None,
+            "expirationSeconds": max(600, seconds),
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}}}
+        try:
+            answer = self.api.request(
+                "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token", body)
+        except kubeapi.ApiError as exc:
+            raise podlogic.EnvError(f"token for serviceaccount {ns}/{account}: {exc}") from None
+        return str(answer["status"]["token"])
+
+    def kubernetes_env(self) -> dict[str, str]:
+        """KUBERNETES_SERVICE_HOST and friends, from the ``default/kubernetes`` Service, as
+        the kubelet gives every container (read once; {} while it cannot be read)."""
+        if self._kubernetes_env is None:
+            try:
+                service = self.api.get("/api/v1/namespaces/default/services/kubernetes")
+            except kubeapi.ApiError as exc:
+                log.warning("no kubernetes Service yet: %s", exc)
+                return {}
+            ip = service["spec"]["clusterIP"]
+            port = str(service["spec"]["ports"][0]["port"])
+            self._kubernetes_env = {
+                "KUBERNETES_SERVICE_HOST": ip, "KUBERNETES_SERVICE_PORT": port,
+                "KUBERNETES_SERVICE_PORT_HTTPS": port, "KUBERNETES_PORT": f"tcp://{ip}:{port}",
+                f"KUBERNETES_PORT_{port}_TCP": f"tcp://{ip}:{port}",
+                f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+                f"KUBERNETES_PORT_{port}_TCP_PORT": port,
+                f"KUBERNETES_PORT_{port}_TCP_ADDR": ip,
+            }
+        return self._kubernetes_env
     def configmap(self, ns: str, name: str) -> Mapping[str, str] | None:
         try:
             return self.api.get(f"/api/v1/namespaces/{ns}/configmaps/{name}").get("data") or {}
@@ -962,8 +1035,11 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(api, table, network, names, state_dir, settings)
     proxy = None
     if args.service_cidr and isinstance(network, podnet.NetnsNetwork):
+        server = urllib.parse.urlsplit(api.host)
         proxy = serviceproxy.ServiceProxy(api, network.bridge, args.service_cidr,
-                                          str(network.network))
+                                          str(network.network),
+                                          api_server=(server.hostname or "127.0.0.1",
+                                                      server.port or 443))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -337,3 +337,102 @@ def pod_status(
 def status_fingerprint(status: Mapping[str, Any]) -> Any:
     """What decides whether a patch is needed: everything (timestamps are stable)."""
     return repr(sorted(status.items()))
+
+
+# --------------------------------------------------------------------------------------------
+# Volumes: what the kubelet writes into a pod's volumes, and where each container sees them
+
+# (namespace, service account, audience or "", seconds, pod name, pod uid) -> a token
+TokenSource = Callable[[str, str, str, int, str, str], str]
+VOLUME_KINDS = ("emptyDir", "configMap", "secret", "downwardAPI", "projected")
+
+
+def _relative(path: str, where: str) -> str:
+    """A volume item's path: relative, no ``..`` (the API server checks; so does this)."""
+    parts = [p for p in str(path).split("/") if p not in ("", ".")]
+    if not parts or str(path).startswith("/") or ".." in parts:
+        raise EnvError(f"{where}: path {path!r} must be relative, without '..'")
+    return "/".join(parts)
+
+
+def _items(data: Mapping[str, str], items: Sequence[Mapping[str, Any]] | None, where: str
+           ) -> dict[str, str]:
+    if not items:
+        return {_relative(key, where): value for key, value in data.items()}
+    out = {}
+    for item in items:
+        key = str(item.get("key", ""))
+        if key not in data:
+            raise EnvError(f"{where}: no key {key!r}")
+        out[_relative(item.get("path") or key, where)] = data[key]
+    return out
+
+
+def volume_files(pod: Mapping[str, Any], volume: Mapping[str, Any], configmap: Lookup,
+                 secret: Lookup, token: TokenSource, pod_ip: str = "", host_ip: str = ""
+                 ) -> dict[str, str] | None:
+    """The files of one pod volume (relative path -> text); None for an ``emptyDir`` (an
+    empty folder). Other volume kinds get a clear error, as a container the kubelet cannot
+    mount does (CreateContainerConfigError)."""
+    meta = pod.get("metadata") or {}
+    ns, name = meta.get("namespace", "default"), str(volume.get("name", ""))
+    where = f"volume {name!r}"
+    kinds = [kind for kind in VOLUME_KINDS if volume.get(kind) is not None]
+    if len(kinds) != 1:
+        other = sorted(set(volume) - {"name"})
+        raise EnvError(f"{where}: the node agent mounts {', '.join(VOLUME_KINDS)} volumes, "
+                       f"not {other}")
+    kind = kinds[0]
+    source = volume[kind] or {}
+    if kind == "emptyDir":
+        return None
+    if kind == "projected":
+        files: dict[str, str] = {}
+        for part in source.get("sources") or []:
+            for sub, body in part.items():
+                sub_volume = {"name": name, sub: body}
+                if sub == "serviceAccountToken":
+                    path = _relative(body.get("path", ""), where)
+                    account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+                    files[path] = token(ns, account, str(body.get("audience") or ""),
+                                        int(body.get("expirationSeconds") or 3600),
+                                        str(meta.get("name", "")), str(meta.get("uid", "")))
+                elif sub in ("configMap", "secret", "downwardAPI"):
+                    files.update(volume_files(pod, sub_volume, configmap, secret, token,
+                                              pod_ip, host_ip) or {})
+                else:
+                    raise EnvError(f"{where}: projected source {sub!r} is not supported")
+        return files
+    if kind == "downwardAPI":
+        out = {}
+        for item in source.get("items") or []:
+            if not item.get("fieldRef"):
+                raise EnvError(f"{where}: only fieldRef items are supported")
+            out[_relative(item.get("path", ""), where)] = field_value(
+                pod, item["fieldRef"]["fieldPath"], pod_ip, host_ip)
+        return out
+    ref = str(source.get("name") if kind == "configMap" else source.get("secretName") or "")
+    data = (configmap if kind == "configMap" else secret)(ns, ref)
+    if data is None:
+        if source.get("optional"):
+            return {}
+        raise EnvError(f"{where}: {kind} {ns}/{ref} not found")
+    return _items(data, source.get("items"), where)
+
+
+def container_mounts(container: Mapping[str, Any], volume_dirs: Mapping[str, str]
+                     ) -> list[tuple[str, str, bool]]:
+    """(source folder, mount path, read-only) for each of a container's volumeMounts."""
+    out = []
+    for mount in container.get("volumeMounts") or []:
+        name = str(mount.get("name", ""))
+        if name not in volume_dirs:
+            raise EnvError(f"volumeMount {name!r}: no such volume in the pod")
+        path = str(mount.get("mountPath", ""))
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise EnvError(f"volumeMount {name!r}: mountPath {path!r} must be absolute")
+        source = volume_dirs[name]
+        if mount.get("subPath"):
+            source = f"{source}/{_relative(mount['subPath'], f'volumeMount {name!r}')}"
+        out.append((source, path, bool(mount.get("readOnly"))))
+    return out

@@ -40,8 +40,13 @@ class Service:
 
 class ServiceProxy:
     def __init__(self, api: kubeapi.KubeApi, bridge: str, service_cidr: str,
-                 pod_cidr: str) -> None:
+                 pod_cidr: str, api_server: tuple[str, int] | None = None) -> None:
+        """``api_server``: where the ``default/kubernetes`` Service goes (the API server on
+        this machine's loopback, as its own endpoint says), instead of its EndpointSlice: the
+        one Service whose endpoint is outside the pod network, and the proxy's own setting,
+        not something a Service or EndpointSlice written by a user can point anywhere."""
         self.api = api
+        self.api_server = api_server
         self.bridge = bridge
         self.service_net = ipaddress.ip_network(service_cidr)
         self.pod_net = ipaddress.ip_network(pod_cidr)
@@ -164,7 +169,10 @@ class ServiceProxy:
     # -- routing
 
     def endpoints(self, namespace: str, service: str, port_name: str) -> list[tuple[str, int]]:
-        """Ready endpoints of one Service port, inside the pod network only."""
+        """Ready endpoints of one Service port, inside the pod network only (the API server's
+        own Service excepted, see ``api_server``)."""
+        if (namespace, service) == ("default", "kubernetes") and self.api_server is not None:
+            return [self.api_server]
         with self.lock:
             out = []
             for (ns, _), (owner, ports, ready) in self.slices.items():

@@ -391,3 +391,27 @@ def test_announcements_a_killed_operator_recorded_are_posted_and_counted_once() 
     assert [a.reason for a in posted] == ["SmokeTestFailed", "RollingBack", "InvalidSpec"]
     assert written[-1] == {"announcements": None} and again.requeue_after is None
     assert reverts._value.get() == before + 1
+
+
+def test_an_outbox_that_cannot_be_emptied_is_a_retry_not_a_lost_look() -> None:
+    from slipway.logic import announce
+
+    # Given a decision written and its Event posted, and then the API server failing the write
+    # that empties the outbox (seen under injected faults: the look ended there, for good)
+    body = {"metadata": {"name": "iris", "namespace": "ns", "generation": 5, "uid": "uid-s",
+                         "resourceVersion": "50"},
+            "spec": {"model": {"name": "iris"}}, "status": {}}
+    writes: list[dict] = []
+
+    def write(namespace: str, name: str, patch: dict, version: str | None) -> str:
+        writes.append(patch)
+        if "announcements" in patch and patch["announcements"] is None:
+            raise ApiException(status=500, reason="Internal Server Error")
+        return str(int(version or 0) + 1)
+
+    posted: list[announce.Announcement] = []
+    # When it reconciles; Then it asks to be retried (the handlers look again in seconds)
+    with pytest.raises(controller.Retry, match="API error 500"):
+        controller.reconcile(body, posted.append, write)
+    assert [a.reason for a in posted] == ["InvalidSpec"]
+    assert writes[-1] == {"announcements": None}

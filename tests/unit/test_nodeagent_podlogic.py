@@ -159,3 +159,87 @@ def test_the_arp_table_limits_are_raised_to_fit_a_thousand_pods_and_never_lowere
     assert [int((tmp_path / f"gc_thresh{i}").read_text()) for i in (1, 2, 3)] == \
         list(podnet.NEIGH_THRESHOLDS)
     podnet.ensure_neighbour_room(tmp_path / "absent")  # no such layout: nothing happens
+
+
+# -- volumes, as the ServiceAccount admission plugin and a Deployment write them
+
+SA_VOLUME = {"name": "kube-api-access-x1", "projected": {"defaultMode": 420, "sources": [
+    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
+        "apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+]}}
+
+
+class Cluster:
+    """What the agent reads from the API server for a volume, and the tokens it asked for."""
+
+    MAPS = {("ml", "kube-root-ca.crt"): {"ca.crt": "PEM"}, ("ml", "settings"): {"a": "1",
+                                                                                "b": "2"}}
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[object, ...]] = []
+
+    def configmap(self, ns: str, name: str) -> dict[str, str] | None:
+        return self.MAPS.get((ns, name))
+
+    def secret(self, ns: str, name: str) -> dict[str, str] | None:
+        return {"pw": "s3cret"} if name == "creds" else None
+
+    def token(self, *args: object) -> str:
+        self.asked.append(args)
+        return "jwt"
+
+    def files(self, pod: dict, volume: dict) -> dict[str, str] | None:
+        return podlogic.volume_files(pod, volume, self.configmap, self.secret, self.token)
+
+
+def test_the_service_account_volume_has_a_bound_token_the_ca_and_the_namespace() -> None:
+    cluster = Cluster()
+    pod = {**POD, "spec": {**POD["spec"], "serviceAccountName": "slipway-operator"}}
+    assert cluster.files(pod, SA_VOLUME) == {"token": "jwt", "ca.crt": "PEM", "namespace": "ml"}
+    assert cluster.asked == [("ml", "slipway-operator", "", 3607, "m-1", "u-1")]
+
+
+def test_configmap_secret_and_empty_dir_volumes() -> None:
+    cluster = Cluster()
+    assert cluster.files(POD, {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}) is None
+    assert cluster.files(POD, {"name": "c", "configMap": {"name": "settings"}}) == {"a": "1",
+                                                                                   "b": "2"}
+    assert cluster.files(POD, {"name": "c", "configMap": {
+        "name": "settings", "items": [{"key": "b", "path": "conf/b.txt"}]}}) == {
+        "conf/b.txt": "2"}
+    assert cluster.files(POD, {"name": "s", "secret": {"secretName": "creds"}}) == {
+        "pw": "s3cret"}
+    assert cluster.files(POD, {"name": "s", "secret": {"secretName": "gone",
+                                                       "optional": True}}) == {}
+    assert cluster.asked == []
+
+
+@pytest.mark.parametrize(("volume", "message"), [
+    ({"name": "h", "hostPath": {"path": "/etc"}}, "not ['hostPath']"),
+    ({"name": "c", "configMap": {"name": "missing"}}, "configMap ml/missing not found"),
+    ({"name": "c", "configMap": {"name": "settings", "items": [{"key": "a",
+                                                                "path": "../../etc/x"}]}},
+     "must be relative"),
+    ({"name": "c", "configMap": {"name": "settings", "items": [{"key": "zz"}]}}, "no key 'zz'"),
+])
+def test_a_volume_the_agent_cannot_mount_is_a_clear_error(volume: dict, message: str) -> None:
+    with pytest.raises(podlogic.EnvError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Cluster().files(POD, volume)
+
+
+def test_container_mounts_name_their_folders_and_refuse_unknown_volumes() -> None:
+    container = {"volumeMounts": [
+        {"name": "kube-api-access-x1", "mountPath": "/var/run/secrets/kubernetes.io/"
+                                                    "serviceaccount", "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "tmp", "mountPath": "/etc/app.conf", "subPath": "app.conf"}]}
+    dirs = {"kube-api-access-x1": "/state/v/sa", "tmp": "/state/v/tmp"}
+    assert podlogic.container_mounts(container, dirs) == [
+        ("/state/v/sa", "/var/run/secrets/kubernetes.io/serviceaccount", True),
+        ("/state/v/tmp", "/tmp", False), ("/state/v/tmp/app.conf", "/etc/app.conf", False)]
+    with pytest.raises(podlogic.EnvError, match="no such volume"):
+        podlogic.container_mounts({"volumeMounts": [{"name": "x", "mountPath": "/x"}]}, dirs)
+    with pytest.raises(podlogic.EnvError, match="must be absolute"):
+        podlogic.container_mounts({"volumeMounts": [{"name": "tmp", "mountPath": "x"}]}, dirs)

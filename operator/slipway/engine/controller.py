@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import json
@@ -30,7 +31,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from kubernetes.client.rest import ApiException
@@ -145,17 +146,25 @@ def _is_transient(error: ApiException) -> bool:
     return error.status in (0, None, 409, 429) or (error.status or 0) >= 500
 
 
-def read_fresh(namespace: str, name: str) -> dict[str, Any] | None:
-    """The ModelDeployment as the API server has it now (None: gone); Retry when unreachable.
-    (The cache is filled with it too.)"""
+@contextlib.contextmanager
+def _transient_as_retry() -> Iterator[None]:
+    """An unreachable API server, or a transient answer (409, 429, 5xx), as Retry: the
+    handlers look again in a few seconds rather than waiting for the next change."""
     try:
-        return kube.read_model_deployment(namespace, name)
+        yield
     except kube.TRANSPORT_ERRORS as error:
         raise Retry(f"API server unreachable: {type(error).__name__}: {error}") from error
     except ApiException as error:
         if _is_transient(error):
             raise Retry(f"API error {error.status}: {error.reason}") from error
         raise
+
+
+def read_fresh(namespace: str, name: str) -> dict[str, Any] | None:
+    """The ModelDeployment as the API server has it now (None: gone); Retry when unreachable.
+    (The cache is filled with it too.)"""
+    with _transient_as_retry():
+        return kube.read_model_deployment(namespace, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -758,7 +767,8 @@ class Reconciler:
         # A killed predecessor's announcements first: they come before anything decided now.
         self.deliver()
         outcome = self._run_guarded()
-        self.settle()
+        with _transient_as_retry():  # the decision is written; the emptied outbox can wait
+            self.settle()
         if self.progress_due is not None:
             due = self.progress_due
             outcome.requeue_after = due if outcome.requeue_after is None else \
