@@ -28,6 +28,9 @@ from tests.cluster.test_guarded_rollout import (IMAGE, V2_WRONG_MODEL_PATH,
                                                 V3_CRASHES_AT_START, Story)
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pod network namespaces "
+                                "and mount namespaces (a pod's volumes)")
+
 SYSTEM = "slipway-system"
 SELECTOR = "app.kubernetes.io/name=slipway,app.kubernetes.io/component=operator"
 LEASE_SECONDS = 15  # the manifests' (the default)

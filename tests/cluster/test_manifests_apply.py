@@ -41,8 +41,9 @@ def test_kubectl_apply_k_manifests_is_accepted_and_the_operator_pod_admitted_as_
     namespace = kubectl.get("namespace", "slipway-system")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     (deployment,) = [d for d in rendered(kubectl) if d["kind"] == "Deployment"]
-    # Then the ReplicaSet's pod is admitted under "restricted" Pod Security. (Its image is not in
-    # the node agent's table, so it does not run here: a second operator is not wanted anyway.)
+    # Then the ReplicaSet's pod is admitted under "restricted" Pod Security. (The pods start,
+    # and stand by behind the suite's operator, which holds the Lease; they are deleted at the
+    # end. test_in_cluster_ha runs them as the operator.)
     try:
         pods = wait_until(
             lambda: kubectl.get("pods", namespace="slipway-system",

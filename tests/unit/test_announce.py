@@ -3,6 +3,12 @@ post harmless, and removed once posted."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from slipway.clients import kube
 from slipway.logic import announce, lifecycle
 
 WARN = lifecycle.Event("Warning", "SmokeTestFailed", "1 of 2 smoke tests failed")
@@ -72,3 +78,23 @@ def test_the_event_is_named_after_its_key_and_says_who_posted_it() -> None:
     assert body["reportingInstance"] == "pod-a" and body["count"] == 1
     # A long object name still gives a valid Event name (at most 253 characters)
     assert len(announce.event_name("x" * 253, item.key)) <= 253
+
+
+def test_only_a_409_that_says_already_exists_counts_as_posted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def answer(reason: str) -> ApiException:
+        error = ApiException(status=409, reason="Conflict")
+        error.body = json.dumps({"kind": "Status", "code": 409, "reason": reason})
+        return error
+
+    body = {"metadata": {"namespace": "ns", "name": "iris.abc"}}
+    for reason, posted in (("AlreadyExists", False), ("Conflict", None), ("", None)):
+        def refuse(*_: object, reason: str = reason, **__: object) -> None:
+            raise answer(reason)
+        monkeypatch.setattr(kube, "request", refuse)
+        if posted is None:  # not known to be there: an error, the outbox keeps it
+            with pytest.raises(ApiException):
+                kube.create_event(body)
+        else:
+            assert kube.create_event(body) is posted

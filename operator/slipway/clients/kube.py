@@ -420,14 +420,25 @@ def list_endpoint_slices(namespace: str, service: str) -> list[dict[str, Any]]:
 # Rollback targets, kept as ControllerRevisions owned by the ModelDeployment
 
 
+def status_reason(error: ApiException) -> str:
+    """The ``reason`` of the Status object an API error came with ("" when there is none)."""
+    try:
+        document = json.loads(error.body or "{}")
+    except (ValueError, RecursionError):
+        return ""
+    return str(document.get("reason") or "") if isinstance(document, dict) else ""
+
+
 def create_event(body: dict[str, Any]) -> bool:
     """Post a core/v1 Event of a fixed name: True when created, False when one of that name
-    is there already (the same announcement, posted before a crash or by a former leader)."""
+    is there already (the same announcement, posted before a crash or by a former leader).
+    Only a 409 that says AlreadyExists means that; any other 409 (a proxy's, an overloaded
+    API server's) is an error like a 500, and the announcement stays to be posted again."""
     namespace = body["metadata"]["namespace"]
     try:
         request("POST", _namespaced("v1", namespace, "events"), body=body)
     except ApiException as error:
-        if error.status == 409:
+        if error.status == 409 and status_reason(error) == "AlreadyExists":
             return False
         raise
     return True
