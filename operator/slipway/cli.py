@@ -135,11 +135,38 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+IN_CLUSTER_LIVENESS = "http://0.0.0.0:8080/healthz"
+LOCAL_LIVENESS = ("127.0.0.1", 8080)
+
+
+def default_liveness(environ: Any = None) -> str:
+    """``--liveness`` unless given: in a pod, every address on 8080 (the kubelet probes the
+    pod's IP); elsewhere 127.0.0.1:8080, or none when that port is taken (a second
+    ``slipway run`` on one machine used to die there with "address already in use")."""
+    import os
+    import socket
+
+    environ = os.environ if environ is None else environ
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        return IN_CLUSTER_LIVENESS
+    host, port = LOCAL_LIVENESS
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            print(f"slipway: {host}:{port} is taken (another operator?); no liveness endpoint "
+                  "for this one (set one with --liveness http://127.0.0.1:PORT/healthz)",
+                  file=sys.stderr)
+            return ""
+    return f"http://{host}:{port}/healthz"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from slipway.engine import operator_main  # imported late: it pulls in kopf and the kube client
 
+    liveness = default_liveness() if args.liveness is None else args.liveness
     return operator_main.run(
-        namespaces=args.namespace or [], liveness=args.liveness, standalone=args.standalone,
+        namespaces=args.namespace or [], liveness=liveness, standalone=args.standalone,
         verbose=args.verbose, metrics_port=args.metrics_port, leader_elect=args.leader_elect,
         lease_ns=args.lease_namespace, lease_name=args.lease_name, identity=args.identity,
     )
@@ -181,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("run", help="run the operator (kopf)")
     cmd.add_argument("-n", "--namespace", action="append",
                      help="watch only this namespace (repeatable); default: all namespaces")
-    cmd.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
-                     help="kopf liveness endpoint (default: %(default)s); '' disables it")
+    cmd.add_argument("--liveness", default=None,
+                     help="liveness endpoint, /healthz (leader or standby); '' disables it. "
+                     f"Default: in a pod {IN_CLUSTER_LIVENESS}; elsewhere "
+                     "http://127.0.0.1:8080/healthz, or none when that port is taken")
     cmd.add_argument("--metrics-port", type=int, default=0,
                      help="serve Prometheus metrics on this port (0, the default: off)")
     cmd.add_argument("--no-standalone", dest="standalone", action="store_false",

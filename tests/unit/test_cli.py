@@ -118,3 +118,25 @@ def test_run_refuses_lease_names_the_api_server_would_refuse(args: list[str],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert message in result.stderr
+
+
+def test_the_liveness_endpoint_defaults_to_loopback_outside_a_pod_and_yields_a_taken_port(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    from slipway import cli
+
+    assert cli.default_liveness({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == \
+        "http://0.0.0.0:8080/healthz"
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind(cli.LOCAL_LIVENESS)
+        except OSError:
+            pytest.skip("127.0.0.1:8080 is in use on this machine")
+        holder.listen()
+        # A second operator on this machine: no endpoint, said on stderr, not a crash
+        assert cli.default_liveness({}) == ""
+        assert "127.0.0.1:8080 is taken" in capsys.readouterr().err
+    assert cli.default_liveness({}) == "http://127.0.0.1:8080/healthz"
