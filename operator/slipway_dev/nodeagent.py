@@ -71,6 +71,19 @@ def _exit_code(returncode: int) -> int:
 # --- one container ---------------------------------------------------------------------
 
 
+def workdir_of(spec: Mapping[str, Any], entry: Any) -> str:
+    return str(spec.get("workingDir") or getattr(entry, "working_dir", "") or "")
+
+
+def _hides_own_files(target: str, *more: str) -> bool:
+    """True when a mount at ``target`` would cover the interpreter, the repository (the image
+    table's commands) or the container's working folder."""
+    own = [sys.prefix, sys.base_prefix, str(pathlib.Path(__file__).resolve().parents[2]),
+           *[m for m in more if m]]
+    top = target.rstrip("/") or "/"
+    return any(path == top or path.startswith(top + "/") or top == "/" for path in own)
+
+
 class Container:
     """The process lifecycle of one container of a pod: pull, start, probe, restart."""
 
@@ -195,6 +208,16 @@ class Container:
             **(worker.agent.kubernetes_env() if net.exec_prefix else {}),
             **self.env,
         }
+        # "Images" are this machine's own files (the interpreter, the repository): a volume
+        # mounted over a folder that holds them (an emptyDir on /tmp, with the checkout under
+        # /tmp) would hide them. Such a mount is left out, and said.
+        kept = [m for m in mounts if not _hides_own_files(m[1], workdir_of(self.spec,
+                                                                           self.entry))]
+        for _, target, _ in [m for m in mounts if m not in kept]:
+            log.warning("%s: %s: not mounting a volume at %s, which holds this machine's "
+                        "interpreter or checkout; the container sees the host's folder",
+                        worker.key, self.name, target)
+        mounts = kept
         wrapper: list[str] = []
         if mounts:
             wrapper = ["unshare", "--mount", "--propagation", "private", sys.executable, "-I",

@@ -243,3 +243,15 @@ def test_container_mounts_name_their_folders_and_refuse_unknown_volumes() -> Non
         podlogic.container_mounts({"volumeMounts": [{"name": "x", "mountPath": "/x"}]}, dirs)
     with pytest.raises(podlogic.EnvError, match="must be absolute"):
         podlogic.container_mounts({"volumeMounts": [{"name": "tmp", "mountPath": "x"}]}, dirs)
+
+
+def test_a_volume_is_not_mounted_over_the_machines_own_interpreter_or_checkout() -> None:
+    import sys
+
+    from slipway_dev import nodeagent
+
+    checkout = str(pathlib.Path(nodeagent.__file__).resolve().parents[2])
+    assert nodeagent._hides_own_files(str(pathlib.Path(checkout).parent))  # a clone in /tmp
+    assert nodeagent._hides_own_files(sys.prefix)
+    assert nodeagent._hides_own_files("/tmp", "/tmp/work")  # the container's working folder
+    assert not nodeagent._hides_own_files("/var/run/secrets/kubernetes.io/serviceaccount")
