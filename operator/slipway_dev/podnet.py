@@ -167,7 +167,13 @@ class NetnsNetwork:
             ) from None
         self._check_range_is_free()
         self._remove_leftovers()
-        _run(["ip", "link", "add", bridge, "type", "bridge"])
+        # A fixed address: a bridge without one takes the lowest of its ports' addresses, so
+        # it changed whenever a pod's veth with a lower one came or went, and every pod's ARP
+        # entry for the bridge (its Services' cluster IPs, the API server's) pointed at a port
+        # for the ~5 s until the kernel probed it again; connections to a Service stalled for
+        # 4 s right when a rollback re-check ran (found 2026-12-04).
+        _run(["ip", "link", "add", "name", bridge, "address", bridge_mac(bridge), "type",
+              "bridge"])
         _run(["ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", bridge])
         _run(["ip", "link", "set", bridge, "up"])
         ensure_neighbour_room()
@@ -241,6 +247,12 @@ class NetnsNetwork:
         self._remove_leftovers()
         pathlib.Path(self._lock_fh.name).unlink(missing_ok=True)
         self._lock_fh.close()
+
+
+def bridge_mac(bridge: str) -> str:
+    """A stable, locally administered unicast MAC address for the bridge named ``bridge``."""
+    digest = hashlib.sha256(f"slipway-bridge:{bridge}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def make_network(mode: str, bridge: str, cidr: str | None) -> LoopbackNetwork | NetnsNetwork:

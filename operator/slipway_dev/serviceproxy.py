@@ -222,6 +222,7 @@ class ServiceProxy:
         wanted = self._wanted()
         for key in [k for k in self.listeners if k not in wanted]:
             self.listeners.pop(key).close()
+            log.info("service proxy: %s:%d closed (no ready endpoint)", *key)
         for ip in {ip for ip, _ in wanted} - self.addresses:
             await asyncio.to_thread(podnet._run, ["ip", "addr", "add", f"{ip}/32", "dev",
                                                   self.bridge], False)
@@ -232,6 +233,7 @@ class ServiceProxy:
             try:
                 self.listeners[(ip, port)] = await asyncio.start_server(
                     functools.partial(self._relay, route=route), ip, port, reuse_address=True)
+                log.info("service proxy: %s:%d listening for %s/%s", ip, port, *route[:2])
             except OSError as exc:
                 log.warning("cannot listen on %s:%d: %s", ip, port, exc)
         for ip in self.addresses - {ip for ip, _ in wanted}:

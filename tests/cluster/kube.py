@@ -59,11 +59,19 @@ class Kubectl:
                                             e["metadata"]["creationTimestamp"]))
 
     def describe(self, kind: str, name: str, namespace: str) -> str:
-        obj = self.run("get", kind, name, "-n", namespace, "-o", "yaml", check=False)
+        """The object's status (not its spec: the test wrote it, and a long one pushed the
+        status out of CI's shortened output), its pods and the namespace's Events."""
+        found = self.run("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        try:
+            obj = json.loads(found.stdout)
+        except ValueError:
+            return f"--- {kind}/{name}: {found.stderr}"
+        status = {"generation": (obj.get("metadata") or {}).get("generation"),
+                  "status": obj.get("status")}
         events = self.run("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
                           check=False)
         pods = self.run("get", "pods", "-n", namespace, "-o", "wide", check=False)
-        return (f"--- {kind}/{name}:\n{obj.stdout or obj.stderr}\n--- pods:\n{pods.stdout}\n"
+        return (f"--- {kind}/{name} status:\n{yaml.safe_dump(status)}--- pods:\n{pods.stdout}\n"
                 f"--- events:\n{events.stdout}")
 
 

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pod netwo
 SYSTEM = "slipway-system"
 SELECTOR = "app.kubernetes.io/name=slipway,app.kubernetes.io/component=operator"
 LEASE_SECONDS = 15  # the manifests' (the default)
+PROBE_NOISE = re.compile(r"aiohttp\.access|Activity 'leader' succeeded")
 
 
 class InCluster:
@@ -64,10 +65,18 @@ class InCluster:
         assert found, f"no operator process of {pod} in the node agent's log"
         return int(found[-1])
 
-    def tail(self, lines: int = 40) -> str:
-        out = []
+    def tail(self, lines: int = 60) -> str:
+        """The Lease, the node agent's lines about the operator pods, and each operator
+        container's log without the probes' lines (every 10 s, they pushed the rest out)."""
+        lease = self.kubectl.get("lease", "slipway-operator", SYSTEM) or {}
+        out = [f"--- lease: {lease.get('spec')}", "--- node agent:"]
+        agent = self.state_dir / "logs" / "node-agent.log"
+        if agent.exists():
+            out += [line for line in agent.read_text(errors="replace").splitlines()
+                    if f"{SYSTEM}/" in line][-20:]
         for log in sorted(self.state_dir.glob(f"nodes/**/pods/{SYSTEM}_*/operator/*.log")):
-            text = log.read_text(errors="replace").splitlines()[-lines:]
+            text = [line for line in log.read_text(errors="replace").splitlines()
+                    if not PROBE_NOISE.search(line)][-lines:]
             out += [f"--- {log.parent.parent.name}/{log.name}", *text]
         return "\n".join(out)
 

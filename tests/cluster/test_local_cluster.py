@@ -6,7 +6,11 @@ Given/When/Then in the test bodies; everything goes through the real API server.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
+import os
+import pathlib
+import subprocess
 import time
 import urllib.request
 from typing import Any
@@ -14,6 +18,7 @@ from typing import Any
 import pytest
 
 from slipway_dev import cluster as dev_cluster
+from slipway_dev import podnet
 from tests.cluster.kube import Kubectl, condition, load_yaml, wait_until
 from tests.conftest import EXAMPLES
 
@@ -56,7 +61,7 @@ def container_status(kubectl: Kubectl, namespace: str, name: str) -> dict[str, A
 
 
 def test_status_reports_every_component_running(cluster: dev_cluster.ClusterState) -> None:
-    healthy, lines = dev_cluster.status(__import__("pathlib").Path(cluster.state_dir))
+    healthy, lines = dev_cluster.status(pathlib.Path(cluster.state_dir))
     assert healthy, lines
     for component in dev_cluster.COMPONENTS:
         assert any(line.startswith(component) and "running" in line for line in lines), lines
@@ -285,3 +290,40 @@ def test_a_readiness_gate_holds_ready_until_its_condition_is_true_and_endpoints_
     assert kept["example.com/other"]["reason"] == "Theirs"
     assert kept["example.com/checked"]["status"] == "False"
     assert kept["ContainersReady"]["status"] == "True"
+
+
+def _bridge_of(ip: str) -> str:
+    """The host interface whose subnet holds the pod address ``ip`` (the node agent's bridge)."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if ipaddress.ip_address(ip) in ipaddress.ip_interface(fields[3]).network and \
+                fields[3].split("/")[1] != "32":
+            return fields[1]
+    raise AssertionError(f"no host interface holds {ip}:\n{out}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pod network namespaces")
+def test_the_pod_bridge_keeps_its_address_while_pods_come_and_go(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    # Given a pod on the node agent's bridge
+    kubectl.apply(pod("first", "registry.example.com/slipway/reference-model:1.0.0"), namespace)
+    ip = wait_until(lambda: (kubectl.get("pod", "first", namespace) or {}).get("status", {})
+                    .get("podIP"), timeout=60, what="pod first has an IP")
+    sysfs = pathlib.Path("/sys/class/net") / _bridge_of(ip)
+    before = (sysfs / "address").read_text().strip()
+    # Then its address was set, not inherited from a port: a bridge left to itself takes
+    # the lowest of its ports' addresses, which changes as pods' veths come and go, and every
+    # pod's ARP entry for it (Services, the API server) is wrong until probed again (~5 s)
+    assert (sysfs / "addr_assign_type").read_text().strip() == "3"  # NET_ADDR_SET
+    assert before == podnet.bridge_mac(sysfs.name)
+    # When more pods come and one goes, the address stays
+    for name in ("second", "third"):
+        kubectl.apply(pod(name, "registry.example.com/slipway/reference-model:1.0.0"), namespace)
+    wait_until(lambda: all((kubectl.get("pod", n, namespace) or {}).get("status", {})
+                           .get("podIP") for n in ("second", "third")),
+               timeout=60, what="pods second and third have IPs")
+    kubectl.run("delete", "pod", "first", "-n", namespace, "--wait=true", "--timeout=60s")
+    assert (sysfs / "address").read_text().strip() == before

@@ -1,4 +1,5 @@
-"""`slipway dev-cluster status` reports a crashed component instead of hiding it."""
+"""`slipway dev-cluster status` reports a crashed component instead of hiding it; the pod
+bridge's address is fixed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-from slipway_dev import cluster
+from slipway_dev import cluster, podnet
 
 
 def test_a_dead_component_is_reported_with_its_last_log_lines(tmp_path: pathlib.Path) -> None:
@@ -45,3 +46,12 @@ def test_up_refuses_to_start_over_an_existing_cluster(tmp_path: pathlib.Path) ->
 def test_free_pod_networks_do_not_overlap_host_routes() -> None:
     bridge, cidr = cluster.pick_pod_network()
     assert bridge.startswith("slw") and cidr.endswith("/16")
+
+
+def test_the_pod_bridge_gets_a_stable_locally_administered_unicast_mac() -> None:
+    mac = podnet.bridge_mac("slw1")
+    octets = [int(part, 16) for part in mac.split(":")]
+    assert len(octets) == 6 and all(0 <= o <= 255 for o in octets)
+    assert octets[0] & 0x02 and not octets[0] & 0x01  # locally administered, unicast
+    assert podnet.bridge_mac("slw1") == mac  # the same on every start
+    assert podnet.bridge_mac("slw2") != mac  # two local clusters' bridges differ
