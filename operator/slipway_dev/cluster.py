@@ -150,7 +150,7 @@ class Component:
     pid: int
     log: str
     health: str | None = None  # URL polled by status
-    argv: list[str] | None = None  # how it was started, for restart_etcd
+    argv: list[str] | None = None  # how it was started (restart_etcd; the tests read it)
 
 
 @dataclasses.dataclass
@@ -426,7 +426,8 @@ def _start(state: ClusterState, progress: Progress, pki: pathlib.Path, logs: pat
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO_ROOT / "operator"), *filter(None, [env.get("PYTHONPATH")])])
     agent = _spawn("node-agent", agent_args + extra_agent_args, logs, env=env)
-    state.components.append(Component("node-agent", agent.pid, str(logs / "node-agent.log")))
+    state.components.append(Component("node-agent", agent.pid, str(logs / "node-agent.log"),
+                                       argv=agent_args))
     state.save()
 
     progress.next("nodes Ready")

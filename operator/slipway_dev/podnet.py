@@ -167,11 +167,9 @@ class NetnsNetwork:
             ) from None
         self._check_range_is_free()
         self._remove_leftovers()
-        # A fixed address: a bridge without one takes the lowest of its ports' addresses, so
-        # it changed whenever a pod's veth with a lower one came or went, and every pod's ARP
-        # entry for the bridge (its Services' cluster IPs, the API server's) pointed at a port
-        # for the ~5 s until the kernel probed it again; connections to a Service stalled for
-        # 4 s right when a rollback re-check ran (found 2026-12-04).
+        # A fixed address: a bridge without one takes its lowest port's, which changes as pods'
+        # veths come and go; every pod's ARP entry for the bridge (cluster IPs, the API server)
+        # then points at a port until the kernel probes it again (~5 s of stalled connections).
         _run(["ip", "link", "add", "name", bridge, "address", bridge_mac(bridge), "type",
               "bridge"])
         _run(["ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", bridge])

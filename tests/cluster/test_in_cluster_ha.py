@@ -68,8 +68,11 @@ class InCluster:
     def tail(self, lines: int = 60) -> str:
         """The Lease, the node agent's lines about the operator pods, and each operator
         container's log without the probes' lines (every 10 s, they pushed the rest out)."""
-        lease = self.kubectl.get("lease", "slipway-operator", SYSTEM) or {}
-        out = [f"--- lease: {lease.get('spec')}", "--- node agent:"]
+        try:
+            lease = (self.kubectl.get("lease", "slipway-operator", SYSTEM) or {}).get("spec")
+        except AssertionError as error:  # diagnostics must not hide the failure they explain
+            lease = f"not read: {error}"
+        out = [f"--- lease: {lease}", "--- node agent:"]
         agent = self.state_dir / "logs" / "node-agent.log"
         if agent.exists():
             out += [line for line in agent.read_text(errors="replace").splitlines()

@@ -6,11 +6,9 @@ Given/When/Then in the test bodies; everything goes through the real API server.
 from __future__ import annotations
 
 import copy
-import ipaddress
 import json
 import os
 import pathlib
-import subprocess
 import time
 import urllib.request
 from typing import Any
@@ -292,27 +290,17 @@ def test_a_readiness_gate_holds_ready_until_its_condition_is_true_and_endpoints_
     assert kept["ContainersReady"]["status"] == "True"
 
 
-def _bridge_of(ip: str) -> str:
-    """The host interface whose subnet holds the pod address ``ip`` (the node agent's bridge)."""
-    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
-                         check=True).stdout
-    for line in out.splitlines():
-        fields = line.split()
-        if ipaddress.ip_address(ip) in ipaddress.ip_interface(fields[3]).network and \
-                fields[3].split("/")[1] != "32":
-            return fields[1]
-    raise AssertionError(f"no host interface holds {ip}:\n{out}")
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pod network namespaces")
 def test_the_pod_bridge_keeps_its_address_while_pods_come_and_go(
-    kubectl: Kubectl, namespace: str
+    cluster: dev_cluster.ClusterState, kubectl: Kubectl, namespace: str
 ) -> None:
     # Given a pod on the node agent's bridge
+    agent = cluster.component("node-agent")
+    assert agent is not None and agent.argv and "--bridge" in agent.argv, agent
+    sysfs = pathlib.Path("/sys/class/net") / agent.argv[agent.argv.index("--bridge") + 1]
     kubectl.apply(pod("first", "registry.example.com/slipway/reference-model:1.0.0"), namespace)
-    ip = wait_until(lambda: (kubectl.get("pod", "first", namespace) or {}).get("status", {})
-                    .get("podIP"), timeout=60, what="pod first has an IP")
-    sysfs = pathlib.Path("/sys/class/net") / _bridge_of(ip)
+    wait_until(lambda: (kubectl.get("pod", "first", namespace) or {}).get("status", {})
+               .get("podIP"), timeout=60, what="pod first has an IP")
     before = (sysfs / "address").read_text().strip()
     # Then its address was set, not inherited from a port: a bridge left to itself takes
     # the lowest of its ports' addresses, which changes as pods' veths come and go, and every
