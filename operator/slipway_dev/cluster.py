@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import ipaddress
 import json
 import os
@@ -474,19 +475,40 @@ def service_cidr_of(pod_cidr: str) -> str:
 def pick_pod_network() -> tuple[str, str]:
     """A bridge name and pod CIDR no other local cluster uses (several may run at once)."""
     routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
-    taken = []
+    taken: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
     for line in routes.splitlines():
+        words = line.split()
         with contextlib.suppress(ValueError):
-            taken.append(ipaddress.ip_network(line.split()[0], strict=False))
+            device = words[words.index("dev") + 1] if "dev" in words[:-1] else ""
+            taken.append((ipaddress.ip_network(words[0], strict=False), device))
     for index in range(1, 40):
         bridge = f"slw{index}"
         cidr = ipaddress.ip_network(f"10.{213 + index}.0.0/16")
-        if pathlib.Path(f"/sys/class/net/{bridge}").exists():
+        # A bridge whose node agent is gone (killed before it cleaned up) is taken again: the
+        # new agent removes what the old one left, its pods' processes too (podnet).
+        if pathlib.Path(f"/sys/class/net/{bridge}").exists() and not _agent_gone(bridge):
             continue
-        if any(cidr.overlaps(net) for net in taken if net.prefixlen > 0):
+        if any(cidr.overlaps(net) for net, device in taken
+               if net.prefixlen > 0 and device != bridge):
             continue
         return bridge, str(cidr)
     raise ClusterError("no free pod network among slw1..slw39 / 10.214-252.0.0/16")
+
+
+def _agent_gone(bridge: str) -> bool:
+    """No node agent holds ``bridge``'s lock (podnet.NetnsNetwork takes it before it makes
+    the bridge, and holds it while it runs)."""
+    try:
+        handle = open(f"/run/slipway-nodeagent-{bridge}.lock", "a")  # noqa: SIM115
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
 
 
 def _nodes_ready(state: ClusterState) -> bool:

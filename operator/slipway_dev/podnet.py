@@ -9,6 +9,7 @@ Every address handed out comes from the node's /24 inside the configured range.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -17,6 +18,7 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -191,11 +193,19 @@ class NetnsNetwork:
                 continue
 
     def _remove_leftovers(self) -> None:
-        """A previous agent that died without cleanup leaves namespaces, veths, bridge."""
+        """A previous agent that died without cleanup leaves namespaces, veths, bridge, and
+        the pods' processes in those namespaces (each in a session of its own, so no signal
+        to the agent reached them): they are killed first, or they would go on serving and
+        loading the host after their namespace's name is gone."""
+        killed = 0
         for line in _run(["ip", "netns", "list"]).stdout.splitlines():
             name = line.split()[0] if line.strip() else ""
             if name.startswith(f"{self.bridge}-"):
+                killed += kill_namespace_processes(name)
                 _run(["ip", "netns", "del", name], check=False)
+        if killed:
+            log.warning("killed %d leftover pod process(es) in %s's namespaces", killed,
+                        self.bridge)
         for line in _run(["ip", "-o", "link", "show"]).stdout.splitlines():
             name = line.split(":")[1].strip().split("@")[0]
             if name.startswith(f"{self.bridge}h") or name == self.bridge:
@@ -245,6 +255,16 @@ class NetnsNetwork:
         self._remove_leftovers()
         pathlib.Path(self._lock_fh.name).unlink(missing_ok=True)
         self._lock_fh.close()
+
+
+def kill_namespace_processes(netns: str) -> int:
+    """SIGKILL every process in network namespace ``netns``; how many there were."""
+    pids = [int(word) for word in _run(["ip", "netns", "pids", netns], check=False)
+            .stdout.split() if word.isdigit()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
 
 
 def bridge_mac(bridge: str) -> str:

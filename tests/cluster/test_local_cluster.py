@@ -6,9 +6,12 @@ Given/When/Then in the test bodies; everything goes through the real API server.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 import pathlib
+import signal
+import subprocess
 import time
 import urllib.request
 from typing import Any
@@ -315,3 +318,58 @@ def test_the_pod_bridge_keeps_its_address_while_pods_come_and_go(
                timeout=60, what="pods second and third have IPs")
     kubectl.run("delete", "pod", "first", "-n", namespace, "--wait=true", "--timeout=60s")
     assert (sysfs / "address").read_text().strip() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pod network namespaces")
+def test_a_new_node_agent_stops_the_pods_a_dead_one_left_running() -> None:
+    # Given a pod's namespace left by a node agent that was killed (a bench stopped with
+    # Ctrl-C left 964 servers running), with its server still in it, in a session of its own
+    bridge, leftover = "slwlf", "slwlf-0badc0de"
+    subprocess.run(["ip", "netns", "del", leftover], capture_output=True)
+    subprocess.run(["ip", "netns", "add", leftover], check=True)
+    server = subprocess.Popen(["ip", "netns", "exec", leftover, "sleep", "600"],
+                              start_new_session=True)
+    network = None
+    try:
+        wait_until(lambda: subprocess.run(["ip", "netns", "pids", leftover], capture_output=True,
+                                          text=True).stdout.split(), timeout=10,
+                   what="the leftover server runs in its namespace")
+        # When a node agent makes the same bridge again
+        network = podnet.NetnsNetwork(bridge, "10.251.0.0/24")
+        # Then the server is gone with its namespace
+        assert server.wait(timeout=10) == -signal.SIGKILL
+        assert leftover not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                              text=True, check=True).stdout
+    finally:
+        if server.poll() is None:
+            server.kill()
+        if network is not None:
+            network.close()
+        subprocess.run(["ip", "netns", "del", leftover], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pod network namespaces")
+def test_a_bridge_whose_node_agent_was_killed_is_taken_again() -> None:
+    # Given the bridge and route a killed node agent left behind (its lock no longer held)
+    bridge, cidr = dev_cluster.pick_pod_network()
+    gateway = next(ipaddress.ip_network(cidr).hosts())
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{gateway}/16", "dev", bridge], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        # Then the next cluster takes it again (its agent cleans up what is there)
+        assert dev_cluster.pick_pod_network() == (bridge, cidr)
+        # But not while a node agent holds it
+        holder = subprocess.Popen(["flock", f"/run/slipway-nodeagent-{bridge}.lock",
+                                   "sleep", "600"])
+        try:
+            wait_until(lambda: subprocess.run(
+                ["flock", "-n", f"/run/slipway-nodeagent-{bridge}.lock", "true"]).returncode,
+                timeout=10, what="the lock is held")
+            assert dev_cluster.pick_pod_network()[0] != bridge
+        finally:
+            holder.kill()
+            holder.wait()
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], check=True)
+        pathlib.Path(f"/run/slipway-nodeagent-{bridge}.lock").unlink(missing_ok=True)
