@@ -342,7 +342,7 @@ def main() -> None:
         seen.start()
         wait(lambda: _metrics_up(operator), 60, "the operator's metrics")
         time.sleep(5)
-        rss = {"0": operator.rss_mib()}
+        rss = {"0 objects": operator.rss_mib()}
 
         def create_md(body: dict[str, Any]) -> None:
             custom.create_namespaced_custom_object("slipway.dev", "v1alpha1", NS,
@@ -417,8 +417,9 @@ def main() -> None:
         cpu0 = operator.cpu()
         sent = time.monotonic()
         burst = at_once(NS, names, lambda name: create_md(release(name)), 1200)
+        rss[f"{n} objects, children there"] = operator.rss_mib()
         say(f"  Slipway: all children of {n} in {burst:.1f} s (floor {burst_floor:.1f} s); "
-            f"RSS {operator.rss_mib():.0f} MiB")
+            f"RSS {rss[f'{n} objects, children there']:.0f} MiB")
 
         # 3. Ready
         say(f"3/7 waiting until all {n} are Ready")
@@ -428,15 +429,16 @@ def main() -> None:
 
         wait(lambda: ready_count() >= min(100, n), 3600, "100 Ready",
              lambda: f"{ready_count()}/{n}", failed=seen.failed)
-        rss["100"] = operator.rss_mib()
-        say(f"  RSS at 100 Ready: {rss['100']:.0f} MiB")
+        rss[f"{min(100, n)} of them Ready"] = operator.rss_mib()
+        say(f"  RSS at {min(100, n)} Ready: {rss[f'{min(100, n)} of them Ready']:.0f} MiB")
         wait(lambda: ready_count() >= n, 3600, f"all {n} Ready", lambda: f"{ready_count()}/{n}",
              failed=seen.failed)
         all_ready = max(seen.get((NS, name, "ready:1")) or 0 for name in names) - sent
         cpu_first = operator.cpu() - cpu0
         time.sleep(30)
-        rss[str(n)] = operator.rss_mib()
-        say(f"  all Ready after {all_ready:.1f} s; CPU {cpu_first:.1f} s; RSS {rss[str(n)]:.0f} MiB")
+        rss[f"all {n} Ready"] = operator.rss_mib()
+        say(f"  all Ready after {all_ready:.1f} s; CPU {cpu_first:.1f} s; "
+            f"RSS {rss[f'all {n} Ready']:.0f} MiB")
 
         # 5. and 6. a good rollout on some of them
         rolled = names[:args.rollouts]
@@ -463,7 +465,8 @@ def main() -> None:
              lambda: f"{sum(1 for m in rolled if seen.get((NS, m, 'ready:2')))}/{len(rolled)}",
              failed=seen.failed)
         time.sleep(10)  # the old pods' last changes
-        after, cpu1 = operator.metrics(), operator.cpu()
+        cpu1 = operator.cpu()  # before the scrape: rendering /metrics is the bench's cost
+        after = operator.metrics()
         with seen.lock:
             pod_changes = seen.pod_changes - pods0
         if spy is not None and args.profile is not None:
@@ -472,6 +475,10 @@ def main() -> None:
             (args.profile / "summary.txt").write_text(summarise(args.profile / "rollouts.txt"))
             say(f"profile in {args.profile}")
         per_rollout = (cpu1 - cpu0) / len(rolled)
+        scrape0 = operator.cpu()
+        for _ in range(5):
+            operator.metrics()
+        scrape_cpu = (operator.cpu() - scrape0) / 5  # what Prometheus costs it per scrape
         say(f"  CPU per rollout {per_rollout * 1000:.0f} ms; {pod_changes} pod changes")
         pod_events = total(after, "slipway_watch_events_total", kind="Pod") - \
             total(before, "slipway_watch_events_total", kind="Pod")
@@ -502,7 +509,8 @@ def main() -> None:
         create_all([lambda i=i: unrelated(i) for i in range(args.churn)], args.writers)
         delete_all(kubectl, "pods", CHURN_NS)
         churn_seconds = time.monotonic() - churn_start
-        after, cpu1 = operator.metrics(), operator.cpu()
+        cpu1 = operator.cpu()  # before the scrape: rendering /metrics is the bench's cost
+        after = operator.metrics()
         churn_cpu = cpu1 - cpu0
         churn_events = total(after, "slipway_watch_events_total") - \
             total(before, "slipway_watch_events_total")
@@ -530,6 +538,8 @@ def main() -> None:
               f"({cpu_first / n * 1000:.0f} ms each) | | |")
         print(f"| CPU per good rollout (×{len(rolled)}, 1 replica) | {per_rollout * 1000:.0f} ms | | |")
         print(f"| pod changes in those rollouts (seen by a watch) | {pod_changes} | | |")
+        print(f"| operator CPU per /metrics scrape at {n} objects | {scrape_cpu * 1000:.0f} ms "
+              "| | |")
         print(f"| watch events received per pod change | {pod_events / max(pod_changes, 1):.2f} | | |")
         print(f"| API requests per pod change: reads (get+list) | "
               f"{(requests['get'] + requests['list']) / max(pod_changes, 1):.3f} "

@@ -7,6 +7,8 @@ import ctypes.util
 import logging
 import os
 import re
+import threading
+import time
 
 import kopf
 
@@ -32,6 +34,53 @@ def limit_malloc_arenas() -> None:
     except (OSError, AttributeError):
         return
     mallopt(M_ARENA_MAX, int(raw))
+
+
+def malloc_trim_seconds() -> float:
+    """SLIPWAY_MALLOC_TRIM_SECONDS (60): how often freed memory goes back to the system; 0
+    never. Anything else stops the operator at once, saying why."""
+    raw = os.environ.get("SLIPWAY_MALLOC_TRIM_SECONDS", "60").strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not (seconds == 0 or 1 <= seconds <= 86400):  # NaN fails both
+        raise SystemExit(f"slipway: SLIPWAY_MALLOC_TRIM_SECONDS={raw!r} must be 0 (never) or "
+                         "a number of seconds from 1 to 86400")
+    return seconds
+
+
+def trim_malloc() -> bool:
+    """Give the pages glibc holds free back to the system (``malloc_trim(0)``): the cache's
+    JSON strings and the answers of a burst are larger than Python's small-object allocator
+    takes, and once freed they stay in the heap's middle, counted in the RSS that a memory
+    limit holds against the pod. False where it is not glibc."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        function = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    function(0)  # ctypes lets go of the GIL for the call
+    return True
+
+
+def start_malloc_trimmer(seconds: float) -> threading.Thread | None:
+    """A daemon thread that trims every ``seconds`` (none for 0, or where it is not glibc)."""
+    if seconds <= 0 or not trim_malloc():
+        return None
+
+    def loop() -> None:
+        while True:
+            time.sleep(seconds)
+            trim_malloc()
+
+    thread = threading.Thread(target=loop, name="slipway-malloc-trim", daemon=True)
+    thread.start()
+    return thread
 
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -91,7 +140,9 @@ def run(*, namespaces: list[str], liveness: str, standalone: bool, verbose: bool
     timing = election_timing() if leader_elect else None
     if timing is not None:
         check_lease_names(lease_namespace(lease_ns), lease_name)
+    trim_every = malloc_trim_seconds()
     limit_malloc_arenas()
+    start_malloc_trimmer(trim_every)
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     # One line per smoke request and per handled child event would drown what matters: our own
