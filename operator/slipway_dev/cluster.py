@@ -495,6 +495,14 @@ def pick_pod_network() -> tuple[str, str]:
     raise ClusterError("no free pod network among slw1..slw39 / 10.214-252.0.0/16")
 
 
+def _argument(argv: list[str], flag: str) -> str | None:
+    """The value after ``flag`` in ``argv``, if any."""
+    for given, value in zip(argv, argv[1:], strict=False):
+        if given == flag:
+            return value
+    return None
+
+
 def _agent_gone(bridge: str) -> bool:
     """No node agent holds ``bridge``'s lock (podnet.NetnsNetwork takes it before it makes
     the bridge, and holds it while it runs)."""
@@ -567,6 +575,14 @@ def down(state_dir: pathlib.Path | None = None, *, quiet: bool = False,
         if not quiet:
             print(f"[dev-cluster] stopped {component.name} (pid {component.pid})",
                   file=sys.stderr)
+        bridge = _argument(component.argv or [], "--bridge")
+        if component.name == "node-agent" and bridge and _agent_gone(bridge):
+            # A node agent with a thousand pods does not finish its cleanup in its grace
+            # time and is killed: what it left (pods' processes, namespaces, veths, the
+            # bridge) goes now, not when the next cluster happens to take this bridge.
+            from slipway_dev import podnet
+
+            podnet.remove_bridge_leftovers(bridge)
     if keep_logs:
         (state_dir / STATE_FILE).unlink(missing_ok=True)
         shutil.rmtree(state_dir / "etcd", ignore_errors=True)
