@@ -24,6 +24,18 @@ def test_kubectl_apply_k_manifests_passes_a_server_side_dry_run(kubectl: Kubectl
             "networkpolicy.networking.k8s.io"} <= kinds, result.stdout
 
 
+def test_kubectl_apply_f_crds_applies_the_crd_and_nothing_else(kubectl: Kubectl,
+                                                                operator_kubeconfig: str) -> None:
+    # A new user's first try: the folder with -f, not -k. kubectl reads every .yaml, .yml and
+    # .json file in it, so nothing but the CRD may carry those names there.
+    result = kubectl.run("apply", "-f", str(ROOT / "crds"), "--dry-run=server", check=False)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.startswith(
+        "customresourcedefinition.apiextensions.k8s.io/modeldeployments.slipway.dev "), line
+    assert line.endswith("(server dry run)"), line
+
+
 def test_the_namespaced_variant_passes_a_server_side_dry_run(kubectl: Kubectl,
                                                               operator_kubeconfig: str) -> None:
     kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "models"}})

@@ -35,6 +35,18 @@ def test_committed_crd_is_what_slipway_crd_generates(capsys: pytest.CaptureFixtu
     assert generated == CRD_PATH.read_text(), "run `slipway crd -o crds/modeldeployments.slipway.dev.yaml`"
 
 
+def test_kubectl_apply_f_crds_reads_only_the_crd() -> None:
+    # kubectl apply -f DIR reads the files ending in .yaml, .yml or .json (not recursing);
+    # the kustomize file there is named `Kustomization` so that it is not one of them.
+    read = sorted(p.name for p in (ROOT / "crds").iterdir()
+                  if p.is_file() and p.suffix in {".yaml", ".yml", ".json"})
+    assert read == [CRD_PATH.name]
+    assert [d["kind"] for d in yaml.safe_load_all(CRD_PATH.read_text()) if d] == [
+        "CustomResourceDefinition"]
+    assert yaml.safe_load((ROOT / "crds" / "Kustomization").read_text())["resources"] == [
+        CRD_PATH.name]
+
+
 def test_schema_is_structural_with_every_node_typed_and_no_refs() -> None:
     for path, node in walk(root_schema()):
         assert "$ref" not in node and "anyOf" not in node and "allOf" not in node, path
