@@ -1,13 +1,16 @@
 """The ``slipway`` command: offline checks for reviewers, the CRD generator and the operator.
 
 ``validate`` and ``render`` need no cluster, so a GitOps pipeline can reject a bad release and show
-the objects it would produce before anything is merged. Exit codes: 0 fine, 1 invalid input,
-2 usage error.
+the objects it would produce before anything is merged; ``smoke`` sends a release's smoke tests
+to any running server with the operator's own request building, checks and messages. Exit codes:
+0 fine, 1 invalid input (or a smoke test failed), 2 usage error, 3 (``smoke``) could not test.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import pathlib
 import sys
 from collections.abc import Iterator, Sequence
@@ -135,6 +138,130 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+SMOKE_COULD_NOT_TEST = 3
+_OUTCOME_EXIT = {"Passed": 0, "Failed": 1, "Error": SMOKE_COULD_NOT_TEST}
+
+
+def smoke_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a smoke-test target (``None`` if it can): the tests' paths are
+    appended to it, so it is a base (scheme, host, optional port and path prefix), nothing more."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError as error:
+        return f"not a URL: {error}"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry credentials (user:password@)"
+    if parts.query or url.rstrip().endswith("?"):
+        return "must not have a query (?...): the tests' paths are appended to it"
+    if parts.fragment or "#" in url:
+        return "must not have a fragment (#...)"
+    if any(c.isspace() for c in url):
+        return "must not contain spaces"
+    return None
+
+
+def _pick_release(args: argparse.Namespace, stdin: TextIO, err: TextIO
+                  ) -> tuple[Document, models.ModelDeploymentSpec] | int:
+    """The one ModelDeployment of ``-f`` (``--name`` picks among several), parsed and valid."""
+    found: list[Document] = []
+    for item in read_documents([args.filename], stdin):
+        if isinstance(item, str):
+            print(item, file=err)
+            return 1
+        if _is_ours(item.body):
+            found.append(item)
+    names = [str(((d.body.get("metadata") or {}) if isinstance(d.body, dict) else {})
+                 .get("name") or "?") for d in found]
+    if args.name is not None:
+        found = [d for d, name in zip(found, names, strict=True) if name == args.name]
+        if not found:
+            print(f"no {models.KIND} named {args.name!r} in {args.filename} "
+                  f"(found: {', '.join(names) or 'none'})", file=err)
+            return 1
+    if not found:
+        print(f"no {models.KIND} found in {args.filename}", file=err)
+        return 1
+    if len(found) > 1:
+        print(f"{args.filename} holds {len(found)} {models.KIND}s ({', '.join(names)}); "
+              "pick one with --name", file=err)
+        return 2
+    (document,) = found
+    try:
+        spec = validation.parse_document(document.body)
+    except validation.SpecError as error:
+        for field_error in error.errors:
+            print(f"{document.label}: {field_error}", file=err)
+        return 1
+    return document, spec
+
+
+def _smoke_table(results: Sequence[models.SmokeTestResult]) -> list[str]:
+    rows = [("TEST", "OUTCOME", "STATUS", "LATENCY", "MESSAGE")]
+    for result in results:
+        rows.append((result.name, result.outcome,
+                     "" if result.status_code is None else str(result.status_code),
+                     "" if result.latency_ms is None else f"{result.latency_ms} ms",
+                     result.message))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return ["  ".join([*(cell.ljust(width) for cell, width in zip(row[:4], widths,
+                                                                  strict=True)), row[4]]).rstrip()
+            for row in rows]
+
+
+def cmd_smoke(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | None = None,
+              err: TextIO | None = None) -> int:
+    stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
+    for option, url in (("--url", args.url), ("--serving-url", args.serving_url)):
+        problem = None if url is None else smoke_url_problem(url)
+        if problem is not None:
+            print(f"slipway smoke: {option} {url!r}: {problem}", file=err)
+            return 2
+    picked = _pick_release(args, stdin, err)
+    if isinstance(picked, int):
+        return picked
+    document, spec = picked
+    if not spec.smoke_tests:
+        print(f"{document.label}: no smoke tests in spec.smokeTests; nothing to send", file=err)
+        return 1
+    if args.serving_url is not None and spec.agreement is None:
+        print(f"slipway smoke: --serving-url needs spec.agreement in {document.label} "
+              "(it says which answers to compare)", file=err)
+        return 2
+
+    from slipway.clients import smoke  # imported late: httpx, only for this command
+
+    verify: str | bool = args.cacert if args.cacert else not args.insecure_skip_tls_verify
+    client = smoke.ClientSettings(verify=verify)
+    target = smoke.Target(name=args.url.rstrip("/"), base_url=args.url.rstrip("/"))
+    serving = None if args.serving_url is None else smoke.Target(
+        name=args.serving_url.rstrip("/"), base_url=args.serving_url.rstrip("/"))
+    if args.output != "json":
+        against = f" (answers compared with {serving.name})" if serving else ""
+        print(f"{document.label}: {len(spec.smoke_tests)} smoke test"
+              f"{'' if len(spec.smoke_tests) == 1 else 's'} against {target.name}{against}",
+              file=err)
+    verdict = asyncio.run(smoke.run_smoke_tests(spec, [target], client, serving=serving))
+    if args.output == "json":
+        status = verdict.to_status(revision="", generation=None, attempts=1)
+        status.pop("revision")
+        status["message"] = verdict.message
+        if verdict.reason:
+            status["reason"] = verdict.reason
+        out.write(json.dumps(status, indent=2) + "\n")
+    else:
+        for line in _smoke_table(verdict.results):
+            print(line, file=out)
+        print(f"{verdict.outcome}: {verdict.message}", file=out)
+    return _OUTCOME_EXIT[verdict.outcome]
+
+
 IN_CLUSTER_LIVENESS = "http://0.0.0.0:8080/healthz"
 LOCAL_LIVENESS = ("127.0.0.1", 8080)
 
@@ -194,6 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("-n", "--namespace", help="namespace to render into "
                              "(default: the document's, else 'default')")
         cmd.set_defaults(func=func, namespace=None)
+
+    help_text = ("send a ModelDeployment's smoke tests to a running server (the image run "
+                 "locally, a port-forward, a staging endpoint), with the operator's checks; "
+                 "exit 0 passed, 1 failed, 3 could not test")
+    cmd = sub.add_parser("smoke", help=help_text, description=help_text)
+    cmd.add_argument("-f", "--filename", required=True,
+                     help="YAML file with the ModelDeployment; '-' reads stdin")
+    cmd.add_argument("--url", required=True,
+                     help="base URL of the server; each test's path is appended "
+                     "(http://127.0.0.1:8080, or with a path prefix)")
+    cmd.add_argument("--name", help="which ModelDeployment, when the file holds several")
+    cmd.add_argument("--serving-url", help="a server of the release that serves now: the "
+                     "spec.agreement tests go to both and the answers are compared")
+    cmd.add_argument("--cacert", help="CA bundle to verify an https:// server with")
+    cmd.add_argument("--insecure-skip-tls-verify", action="store_true",
+                     help="do not verify an https:// server's certificate")
+    cmd.add_argument("-o", "--output", choices=["table", "json"], default="table",
+                     help="table (default) or json (the operator's status.lastSmokeTest form)")
+    cmd.set_defaults(func=cmd_smoke)
 
     cmd = sub.add_parser("crd", help="print the CRD generated from the models")
     cmd.add_argument("-o", "--output", help="write to this file instead of stdout")
