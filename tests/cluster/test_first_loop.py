@@ -163,7 +163,10 @@ def test_a_child_name_taken_by_a_stranger_is_a_conflict_not_a_takeover(
     def conflict() -> dict[str, Any] | None:
         cond = condition(kubectl.get("md", "iris", namespace), "Stalled")  # one read per poll
         return cond if cond and cond["reason"] == "ChildConflict" else None
-    cond = wait_until(conflict, timeout=30, what="ChildConflict", diagnose=operator.tail)
+    # (90 s, as for Ready: the operator was started for this test and lists every kind first)
+    cond = wait_until(conflict, timeout=90, what="ChildConflict",
+                      diagnose=lambda: kubectl.describe("md", "iris", namespace)
+                      + "\n--- operator:\n" + operator.tail())
     assert cond["status"] == "True" and "Service iris already exists" in cond["message"]
     # Nothing half-applied: ownership of every child is checked before anything is written
     assert kubectl.get("deployment", "iris", namespace) is None
@@ -173,12 +176,12 @@ def test_a_child_name_taken_by_a_stranger_is_a_conflict_not_a_takeover(
     # the condition does not flap and the Warning is not repeated.
     before = operator.metric("slipway_reconciles_total", result="ok")
     wait_until(lambda: operator.metric("slipway_reconciles_total", result="ok") >= before + 3,
-               timeout=30, what="three more reconciles", diagnose=operator.tail)
+               timeout=60, what="three more reconciles", diagnose=operator.tail)
     again = condition(kubectl.get("md", "iris", namespace), "Stalled")
-    assert again == cond
+    assert again == cond, operator.tail()
     warnings = [(e["reason"], e.get("count", 1)) for e in kubectl.events(namespace, "iris")
                 if e["type"] == "Warning"]
-    assert warnings == [("ChildConflict", 1)]
+    assert warnings == [("ChildConflict", 1)], (warnings, operator.tail())
     assert kubectl.get("deployment", "iris", namespace) is None
 
     # When the stranger is removed, Then the next look creates Slipway's own children
