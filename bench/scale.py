@@ -171,6 +171,7 @@ class Seen:
         # Each new stream resumes from the last resourceVersion seen: a stream started without
         # one lists every object again as ADDED (1,000 "pod changes" a minute at 1,000 pods).
         version: str | None = None
+        expired = "watch expired (410): listing again; counts include the list"
         while not self.stop.is_set():
             try:
                 extra = {"resource_version": version} if version else {}
@@ -179,7 +180,7 @@ class Seen:
                     obj = event["object"]
                     if event["type"] == "ERROR":
                         if (obj.get("code") if isinstance(obj, dict) else None) == 410:
-                            say("watch expired (410): listing again; counts include the list")
+                            say(expired)
                             version = None
                         break
                     version = (obj["metadata"].get("resourceVersion") if isinstance(obj, dict)
@@ -189,7 +190,7 @@ class Seen:
                         return
             except kubernetes.client.ApiException as error:
                 if error.status == 410:
-                    say("watch expired (410): listing again; counts include the list")
+                    say(expired)
                     version = None
                 else:
                     say(f"watch broke ({error.status}); again")

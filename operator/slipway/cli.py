@@ -31,11 +31,23 @@ class Document:
         self.body = body
 
     @property
-    def label(self) -> str:
-        name = None
+    def name(self) -> str:
         if isinstance(self.body, dict) and isinstance(self.body.get("metadata"), dict):
-            name = self.body["metadata"].get("name")
-        return f"{self.source}: {models.KIND}/{name or '?'} (document {self.index + 1})"
+            return str(self.body["metadata"].get("name") or "?")
+        return "?"
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}: {models.KIND}/{self.name} (document {self.index + 1})"
+
+    def parse(self, err: TextIO) -> models.ModelDeploymentSpec | None:
+        """The spec, or None with one line per error on ``err``."""
+        try:
+            return validation.parse_document(self.body)
+        except validation.SpecError as error:
+            for field_error in error.errors:
+                print(f"{self.label}: {field_error}", file=err)
+            return None
 
 
 def read_documents(sources: Sequence[str], stdin: TextIO) -> Iterator[Document | str]:
@@ -82,11 +94,8 @@ def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO,
                   f"not a {models.KIND}", file=err)
             continue
         seen += 1
-        try:
-            spec = validation.parse_document(item.body)
-        except validation.SpecError as error:
-            for field_error in error.errors:
-                print(f"{item.label}: {field_error}", file=err)
+        spec = item.parse(err)
+        if spec is None:
             failed = True
             continue
         if emit:
@@ -177,10 +186,9 @@ def _pick_release(args: argparse.Namespace, stdin: TextIO, err: TextIO
             return 1
         if _is_ours(item.body):
             found.append(item)
-    names = [str(((d.body.get("metadata") or {}) if isinstance(d.body, dict) else {})
-                 .get("name") or "?") for d in found]
+    names = [d.name for d in found]
     if args.name is not None:
-        found = [d for d, name in zip(found, names, strict=True) if name == args.name]
+        found = [d for d in found if d.name == args.name]
         if not found:
             print(f"no {models.KIND} named {args.name!r} in {args.filename} "
                   f"(found: {', '.join(names) or 'none'})", file=err)
@@ -193,13 +201,8 @@ def _pick_release(args: argparse.Namespace, stdin: TextIO, err: TextIO
               "pick one with --name", file=err)
         return 2
     (document,) = found
-    try:
-        spec = validation.parse_document(document.body)
-    except validation.SpecError as error:
-        for field_error in error.errors:
-            print(f"{document.label}: {field_error}", file=err)
-        return 1
-    return document, spec
+    spec = document.parse(err)
+    return 1 if spec is None else (document, spec)
 
 
 def _smoke_table(results: Sequence[models.SmokeTestResult]) -> list[str]:
@@ -215,15 +218,14 @@ def _smoke_table(results: Sequence[models.SmokeTestResult]) -> list[str]:
             for row in rows]
 
 
-def cmd_smoke(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | None = None,
-              err: TextIO | None = None) -> int:
-    stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
+def cmd_smoke(args: argparse.Namespace) -> int:
+    out, err = sys.stdout, sys.stderr
     for option, url in (("--url", args.url), ("--serving-url", args.serving_url)):
         problem = None if url is None else smoke_url_problem(url)
-        if problem is not None:
-            print(f"slipway smoke: {option} {url!r}: {problem}", file=err)
+        if problem is not None:  # the URL itself is not echoed: it may hold a password
+            print(f"slipway smoke: {option}: {problem}", file=err)
             return 2
-    picked = _pick_release(args, stdin, err)
+    picked = _pick_release(args, sys.stdin, err)
     if isinstance(picked, int):
         return picked
     document, spec = picked

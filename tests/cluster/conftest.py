@@ -34,10 +34,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
-# Where the logs of a session with a failed test are kept (the cluster's own folder goes away).
-KEPT_LOGS = ROOT / ".slipway" / "test-logs"
-
-
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> Iterator[dev_cluster.ClusterState]:
     state_dir = pathlib.Path(tempfile.mkdtemp(prefix="slipway-test-cluster-"))
@@ -45,22 +41,12 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[dev_cluster.ClusterState
     try:
         yield state
     finally:
-        dev_cluster.down(state_dir, quiet=True)
-        if request.session.testsfailed:
-            keep_logs(state_dir / "logs")
-
-
-def keep_logs(logs: pathlib.Path) -> None:
-    """Copy the operator's, the node agent's and the control plane's logs of a session in which
-    a test failed: a failure that does not come back on its own is explained only by them."""
-    import shutil
-    import time
-
-    if not logs.is_dir():
-        return
-    target = KEPT_LOGS / time.strftime("%Y%m%d-%H%M%S")
-    shutil.copytree(logs, target, ignore=shutil.ignore_patterns("*.sock"), dirs_exist_ok=True)
-    sys.stderr.write(f"\ncluster logs of this session kept in {target}\n")
+        # A failure that does not come back on its own is explained only by the logs of the
+        # operator, the node agent and the control plane: kept when a test failed.
+        failed = bool(request.session.testsfailed)
+        dev_cluster.down(state_dir, quiet=True, keep_logs=failed)
+        if failed:
+            sys.stderr.write(f"\ncluster logs of this session kept in {state_dir / 'logs'}\n")
 
 
 @pytest.fixture(scope="session")

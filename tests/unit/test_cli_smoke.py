@@ -145,7 +145,7 @@ def test_nothing_listening_is_could_not_test_exit_3() -> None:
         f"Error: smoke test 'setosa' on {url}: could not reach it: connection refused")
 
 
-def test_a_path_prefix_in_the_url_is_kept(tmp_path: pathlib.Path) -> None:
+def test_a_path_prefix_in_the_url_is_kept() -> None:
     # A staging endpoint behind a path, say: the tests' paths are appended to it, so with the
     # prefix the good server answers 404 and the run fails, naming the status.
     with running(IMAGE) as url:
@@ -168,7 +168,7 @@ def test_a_url_that_cannot_be_a_base_is_a_usage_error(url: str, problem: str) ->
     result = slipway_smoke("-f", str(RELEASE), "--url", url)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert problem in result.stderr and "secret" not in result.stderr.replace(url, "")
+    assert problem in result.stderr and "secret" not in result.stderr
 
 
 def test_usable_urls_are_accepted() -> None:
