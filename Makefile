@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install binaries test unit crd demo demo-down cluster cluster-status cluster-down bench clean
+.PHONY: install binaries tools test unit crd demo demo-down cluster cluster-status cluster-down bench clean
 
 $(STAMP): pyproject.toml
 	@echo "[setup] creating $(VENV) and installing slipway with test extras"
@@ -21,6 +21,10 @@ install: $(STAMP)
 binaries: $(STAMP)
 	@$(PY) -m slipway_dev.binaries
 
+## The real evaluators the tests run: Lua 5.4 (apt-get, as root) and kstatus (built, cached).
+tools: $(STAMP)
+	@$(PY) -m slipway_dev.tools
+
 ## The whole test suite: import contracts, type check, unit tests and cluster tests.
 test: $(STAMP)
 	@echo "[test] import contracts"
@@ -29,6 +33,8 @@ test: $(STAMP)
 	@$(PY) -m mypy
 	@echo "[test] control-plane binaries for the cluster tests"
 	@$(PY) -m slipway_dev.binaries
+	@echo "[test] evaluators: Lua 5.4 for Argo CD's health check, kstatus"
+	@$(PY) -m slipway_dev.tools
 	@echo "[test] pytest (unit and cluster tests)"
 	@$(PY) -m pytest
 
@@ -47,6 +53,7 @@ cluster-status: $(STAMP)
 
 ## Unit tests only: no cluster, seconds.
 unit: $(STAMP)
+	@$(PY) -m slipway_dev.tools
 	@$(PY) -m pytest -m "not cluster"
 
 crd: $(STAMP)

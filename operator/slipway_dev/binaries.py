@@ -41,6 +41,7 @@ import argparse
 import collections
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import pathlib
@@ -476,6 +477,34 @@ def _with_fallbacks(
                 _log(verbose, f"{label} {v} failed ({str(exc).splitlines()[0]}); "
                      "trying next version")
     raise BinariesError("\n".join(errors))
+
+
+# --------------------------------------------------------------------------- kstatus
+
+# kstatus, the library Flux and kpt read an object's health with: a small Go program on it
+# (tests/tools/kstatus), built like the binaries above and cached by the library's version and
+# the program's own source.
+CLI_UTILS_VERSION = "v0.37.2"
+KSTATUS_SOURCE = pathlib.Path(__file__).resolve().parents[2] / "tests" / "tools" / "kstatus"
+
+
+def ensure_kstatus(*, verbose: bool = True) -> pathlib.Path:
+    """The kstatus evaluator's path, built once per source from the Go module proxy."""
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "main.go"):
+        digest.update((KSTATUS_SOURCE / name).read_bytes())
+    version = f"{CLI_UTILS_VERSION}-{digest.hexdigest()[:12]}"
+    final = _bin_dir("kstatus", version) / "kstatus"
+    if final.is_file():
+        return final
+    with _lock(verbose):
+        if final.is_file():
+            return final
+        return _build_into_cache(
+            kind="kstatus", version=version, src=KSTATUS_SOURCE,
+            packages={"kstatus": "."}, ldflags="-s -w", toolchain="local", verbose=verbose,
+            cold_hint="~1 min on 2 cores",
+        )["kstatus"]
 
 
 # --------------------------------------------------------------------------- public API

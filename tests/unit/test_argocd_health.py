@@ -3,29 +3,30 @@
 Argo CD runs custom health checks in gopher-lua (Lua 5.1) with only the base, table, package and a
 safe ``os`` library opened (no ``string``, no ``math``) unless ``useOpenLibs`` is set, and hands the
 resource over as the global ``obj`` with every number a float. The tests run ``health.lua`` the
-same way: Lua 5.1 from lupa, with those libraries taken away, on a fresh state per call.
+same way twice: in Lua 5.1 from lupa, with those libraries taken away, on a fresh state per call;
+and in Debian's Lua 5.4 (``tests/evaluators.argocd``), with and without ``useOpenLibs``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import pathlib
 from typing import Any
 
 import pytest
 import yaml
 
 from slipway.logic import conditions
-from tests.conftest import ROOT
+from tests import evaluators
 
 try:
     from lupa import lua51
 except ImportError as error:  # pragma: no cover - lupa wheels ship Lua 5.1
     raise ImportError("these tests need lupa with its bundled Lua 5.1 (pip install lupa)") from error
 
-ARGOCD = ROOT / "manifests" / "argocd"
-HEALTH_LUA = ARGOCD / "health.lua"
-PATCH = ARGOCD / "argocd-cm-patch.yaml"
+HEALTH_LUA = evaluators.HEALTH_LUA
+PATCH = evaluators.ARGOCD / "argocd-cm-patch.yaml"
 KEY = "resource.customizations.health.slipway.dev_ModelDeployment"
 ARGO_HEALTH = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 
@@ -140,23 +141,20 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("Stalled True with an empty message says the reason",
      resource(cond("Stalled", "True", "ImagePullFailed"), phase="Failed"),
      "Degraded", "ImagePullFailed"),
+    # The Stalled message as it is, as kstatus gives it: the operator's says what serves
     ("Stalled and RolledBack True",
      resource(cond("Ready", "False", "SmokeTestFailed", SMOKE_FAILED),
-              cond("Stalled", "True", "SmokeTestFailed", SMOKE_FAILED),
+              cond("Stalled", "True", "SmokeTestFailed", f"rolled back: revision 5d8f7c "
+                                                         f"serves; {SMOKE_FAILED}"),
               cond("RolledBack", "True", "SmokeTestFailed", "serving revision 5d8f7c"),
               phase="RolledBack", currentRevision="5d8f7c",
               rollbackTarget={"revision": "5d8f7c", "generation": 2}),
-     "Degraded", f"Rolled back to revision 5d8f7c: {SMOKE_FAILED}"),
-    ("Stalled and RolledBack True, revision only in currentRevision",
-     resource(cond("Stalled", "True", "CrashLoop", "container crash-looping"),
-              cond("RolledBack", "True", "CrashLoop"), phase="RolledBack",
-              currentRevision="77aa01"),
-     "Degraded", "Rolled back to revision 77aa01: container crash-looping"),
-    ("Stalled and RolledBack True, no revision known",
-     resource(cond("Stalled", "True", "CrashLoop", "container crash-looping"),
-              cond("RolledBack", "True", "CrashLoop"), phase="RolledBack"),
-     "Degraded", "Rolled back: container crash-looping"),
-    ("Stalled True, RolledBack False: no rollback wording",
+     "Degraded", f"rolled back: revision 5d8f7c serves; {SMOKE_FAILED}"),
+    ("Stalled True while rolling back, Reconciling True too (an older operator)",
+     resource(cond("Reconciling", "True", "RollingBack", "reverting to revision 5d8f7c"),
+              cond("Stalled", "True", "SmokeTestFailed", SMOKE_FAILED), phase="RollingBack"),
+     "Degraded", SMOKE_FAILED),
+    ("Stalled True, RolledBack False",
      resource(cond("Stalled", "True", "RollbackFailed", "rollback target failed too"),
               cond("RolledBack", "False", "RollbackFailed"), phase="Failed",
               rollbackTarget={"revision": "5d8f7c"}),
@@ -224,6 +222,36 @@ def test_verdict(obj: dict[str, Any], status: str, message: str) -> None:
     assert (run.status, run.message) == (status, message)
     assert run.status in ARGO_HEALTH
     assert not run.new_globals, f"health.lua leaked globals: {sorted(run.new_globals)}"
+
+
+@pytest.mark.parametrize("mode", evaluators.MODES)
+def test_lua_5_4_gives_the_same_verdicts_with_and_without_open_libs(mode: str) -> None:
+    verdicts = evaluators.argocd([obj for _, obj, _, _ in CASES], mode)
+    got = [(v.get("status"), v.get("message"), v.get("globals")) for v in verdicts]
+    assert got == [(status, message, []) for _, _, status, message in CASES]
+
+
+def test_the_lua_5_4_harness_opens_what_argo_cd_opens(tmp_path: pathlib.Path) -> None:
+    """Guards the harness: no string library, no string methods, no math without useOpenLibs;
+    all of them with it."""
+    script = tmp_path / "health.lua"
+    for body in ('string.format("%s", "Healthy")', '("Healthy"):lower()', "math.floor(1)",
+                 "io.write('')"):
+        script.write_text(f"local x = {body}\nreturn {{status = 'Healthy', message = 'x'}}\n")
+        safe, = evaluators.argocd([without_status()], "safe", script=script)
+        assert "error" in safe, (body, safe)
+        opened, = evaluators.argocd([without_status()], "open", script=script)
+        assert opened.get("status") == "Healthy", (body, opened)
+    script.write_text("return {status = os.date('!%Y', 0), message = type(table.concat)}\n")
+    verdict, = evaluators.argocd([without_status()], "safe", script=script)
+    assert (verdict.get("status"), verdict.get("message")) == ("1970", "function")
+
+
+def test_a_script_that_does_not_end_is_an_error_not_a_hang(tmp_path: pathlib.Path) -> None:
+    script = tmp_path / "health.lua"
+    script.write_text("while true do end\n")
+    verdict, = evaluators.argocd([without_status()], "safe", script=script)
+    assert "instruction budget" in verdict["error"]
 
 
 def test_numbers_arrive_as_floats_like_in_argo_cd() -> None:

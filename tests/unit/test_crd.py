@@ -50,11 +50,21 @@ def test_kubectl_apply_f_crds_reads_only_the_crd() -> None:
 def test_schema_is_structural_with_every_node_typed_and_no_refs() -> None:
     for path, node in walk(root_schema()):
         assert "$ref" not in node and "anyOf" not in node and "allOf" not in node, path
-        assert "title" not in node and "default" not in node, path
+        assert "title" not in node, path
+        # Defaults belong to the operator (the user's spec is never rewritten), with one
+        # exception: a new object's status says "not observed yet" (see the next test).
+        assert "default" not in node or path == ".status", path
         assert "patternProperties" not in node and "propertyNames" not in node, path
         typed = "type" in node or node.get("x-kubernetes-int-or-string") or \
             node.get("x-kubernetes-preserve-unknown-fields")
         assert typed, f"{path} has no type"
+
+
+def test_a_new_object_reads_as_not_yet_observed() -> None:
+    """kstatus calls an object without status Current: a default makes it generation 1,
+    observed 0, until the operator writes."""
+    assert root_schema()["properties"]["status"]["default"] == {"observedGeneration": 0,
+                                                                "phase": "Pending"}
 
 
 def test_every_string_list_and_map_is_bounded() -> None:

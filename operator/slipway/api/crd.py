@@ -162,7 +162,12 @@ def printer_columns() -> list[dict[str, Any]]:
 def build_crd() -> dict[str, Any]:
     """The CustomResourceDefinition as a plain dict, deterministic."""
     spec_schema = _schema_of(models.ModelDeploymentSpec)
-    status_schema = _schema_of(models.ModelDeploymentStatus)
+    # A new object reads as not yet observed (generation 1, observed 0) until the operator
+    # writes its first status: without it, kstatus (Flux) calls an object with no status
+    # Current, before anything was rolled out. The API server applies the default whenever it
+    # reads the object, and the status subresource keeps writes to it from anyone else.
+    status_schema = {**_schema_of(models.ModelDeploymentStatus),
+                     "default": {"observedGeneration": 0, "phase": "Pending"}}
     root = {
         "description": "A model release: artifact, runtime, request/response contract, probes, "
         "smoke tests, and the verified revision to roll back to.",

@@ -312,6 +312,11 @@ def _stalled_status(old: dict[str, Any], generation: int | None, reason: str, me
                                      "nothing to do until the spec changes", generation=generation)
     conds = conditions.set_condition(conds, conditions.STALLED, True, reason, message,
                                      generation=generation)
+    # Not a RolledBack=True left from an earlier generation: this one was neither rolled out
+    # nor reverted (Argo CD would read "Rolled back to …: invalid spec").
+    conds = conditions.set_condition(conds, conditions.ROLLED_BACK, False, reason,
+                                     "nothing was rolled out or reverted for this generation; "
+                                     "the Deployment is left as it was", generation=generation)
     status.update({"phase": phase, "observedGeneration": generation, "conditions": conds})
     return status
 

@@ -45,6 +45,11 @@ ROLLED_BACK = "RolledBack"
 ROLLBACK_FAILED = "RollbackFailed"
 NO_ROLLBACK_TARGET = "NoRollbackTarget"
 ROLLBACK_DISABLED = "RollbackDisabled"
+# Reasons of a condition that is False for want of its cause, each with a message of its own
+# (not the phase's reason with an empty message: `kubectl describe` shows them).
+NO_FAILURE = "NoFailure"  # Stalled=False
+NOT_ROLLED_BACK = "NotRolledBack"  # RolledBack=False: the spec's revision is the one released
+NOTHING_REVERTED = "NotReverted"  # RolledBack=False: a failure that is not reverted (could not test)
 
 Action = Literal["apply-desired", "apply-target", "verify", "wait", "none"]
 Outcome = Literal["Passed", "Failed", "Error"]
@@ -258,8 +263,8 @@ def _progressing(recorded: Recorded, observed: Observed, action: Action, message
         action=action,
         conditions=_conds(ready=Cond(False, PROGRESSING, message),
                           reconciling=Cond(True, PROGRESSING, message),
-                          stalled=Cond(False, PROGRESSING, ""),
-                          rolled_back=Cond(False, PROGRESSING, "")),
+                          stalled=_no_failure(observed, "is rolling out"),
+                          rolled_back=_not_rolled_back(observed, "is rolling out")),
         events=events,
         serving=observed.desired,
     )
@@ -274,8 +279,8 @@ def _verifying(recorded: Recorded, observed: Observed, revision: str,
         verify_revision=revision,
         conditions=_conds(ready=Cond(False, VERIFYING, message),
                           reconciling=Cond(True, VERIFYING, message),
-                          stalled=Cond(False, VERIFYING, ""),
-                          rolled_back=Cond(False, VERIFYING, "")),
+                          stalled=_no_failure(observed, "is being verified"),
+                          rolled_back=_not_rolled_back(observed, "is being verified")),
         events=_transition(recorded, "Verifying", Event("Normal", VERIFYING, message)),
         serving=observed.desired,
     )
@@ -294,8 +299,8 @@ def _ready(recorded: Recorded, observed: Observed, detail: str, *,
         action="none",
         conditions=_conds(ready=Cond(True, VERIFIED, message),
                           reconciling=Cond(False, VERIFIED, message),
-                          stalled=Cond(False, VERIFIED, ""),
-                          rolled_back=Cond(False, VERIFIED, "")),
+                          stalled=_no_failure(observed, "is verified"),
+                          rolled_back=_not_rolled_back(observed, "serves")),
         events=events,
         clear_failure=True,
         record_target=record,
@@ -319,10 +324,7 @@ def _fail(recorded: Recorded, observed: Observed, reason: str, message: str) -> 
         return Decision(
             phase="RollingBack",
             action="apply-target",
-            conditions=_conds(ready=Cond(False, reason, what),
-                              reconciling=Cond(True, ROLLING_BACK, revert),
-                              stalled=Cond(True, reason, what),
-                              rolled_back=Cond(False, ROLLING_BACK, revert)),
+            conditions=_rolling_back_conds(reason, what, revert),
             events=(Event("Warning", reason, what), Event("Warning", ROLLING_BACK, revert)),
             failure=failure,
             serving=target,
@@ -334,8 +336,7 @@ def _fail(recorded: Recorded, observed: Observed, reason: str, message: str) -> 
         conditions=_conds(ready=Cond(False, reason, why),
                           reconciling=Cond(False, reason, why),
                           stalled=Cond(True, reason, why),
-                          rolled_back=Cond(False, NO_ROLLBACK_TARGET if observed.automatic
-                                           else ROLLBACK_DISABLED, "")),
+                          rolled_back=_no_revert_cond(observed)),
         events=(Event("Warning", reason, why),),
         failure=failure,
         serving=observed.deployment_revision,
@@ -358,6 +359,32 @@ def _no_revert(observed: Observed) -> str:
     return "; there is no verified revision to roll back to (first release)"
 
 
+def _no_revert_cond(observed: Observed) -> Cond:
+    """RolledBack=False for a failure that nothing is reverted to: why not."""
+    return Cond(False, NO_ROLLBACK_TARGET if observed.automatic else ROLLBACK_DISABLED,
+                _no_revert(observed).removeprefix("; "))
+
+
+def _no_failure(observed: Observed, doing: str) -> Cond:
+    return Cond(False, NO_FAILURE, f"nothing has failed: revision {observed.desired} {doing}")
+
+
+def _not_rolled_back(observed: Observed, doing: str) -> Cond:
+    return Cond(False, NOT_ROLLED_BACK,
+                f"revision {observed.desired}, the one the spec renders to, {doing}")
+
+
+def _rolling_back_conds(reason: str, what: str, revert: str) -> dict[str, Cond]:
+    """A failure being handled: Stalled (the spec's revision will not be reached by itself),
+    not Reconciling (the work under way leads away from the spec, not towards it). Never both
+    True: kstatus takes whichever of the two comes first in the list, Argo CD's check reads
+    Stalled first; with one of them True, both say Failed/Degraded, in any order."""
+    return _conds(ready=Cond(False, reason, what),
+                  reconciling=Cond(False, ROLLING_BACK, revert),
+                  stalled=Cond(True, reason, f"{what}; {revert}"),
+                  rolled_back=Cond(False, ROLLING_BACK, revert))
+
+
 NOT_REVERTED = ("; not reverted: Slipway could not reach the pods, which says nothing about "
                 "the release (check the NetworkPolicy, the port, the API server's proxy)")
 
@@ -374,7 +401,8 @@ def _not_run(recorded: Recorded, observed: Observed, message: str) -> Decision:
     }
     why = f"revision {observed.desired} ({observed.desired_label}) is not verified: " \
           f"{message}{NOT_REVERTED}"
-    return dataclasses.replace(_stopped(recorded, observed, SMOKE_TESTS_NOT_RUN, why),
+    return dataclasses.replace(_stopped(recorded, observed, SMOKE_TESTS_NOT_RUN, why,
+                                        rolled_back=_not_reverted()),
                                failure=failure,
                                events=(Event("Warning", SMOKE_TESTS_NOT_RUN, why),))
 
@@ -392,21 +420,20 @@ def _after_failure(recorded: Recorded, observed: Observed,
     target = observed.target
     if failure.get("rollbackFailed"):
         message = str(failure.get("rollbackMessage") or "")
-        return _stopped(recorded, observed, ROLLBACK_FAILED, message + hint)
+        return _stopped(recorded, observed, ROLLBACK_FAILED, message + hint,
+                        rolled_back=Cond(False, ROLLBACK_FAILED, message))
     if reason == SMOKE_TESTS_NOT_RUN:
         what = f"revision {desired} ({observed.desired_label}) is not verified: " \
                f"{failure.get('message', '')}{NOT_REVERTED}"
-        return _stopped(recorded, observed, reason, what + hint)
+        return _stopped(recorded, observed, reason, what + hint, rolled_back=_not_reverted())
     if not (observed.automatic and target and target != desired):
-        return _stopped(recorded, observed, reason, what + _no_revert(observed) + hint)
+        return _stopped(recorded, observed, reason, what + _no_revert(observed) + hint,
+                        rolled_back=_no_revert_cond(observed))
 
     revert = f"reverting to the rollback target, revision {target} ({observed.target_label})"
     rolling_back = dict(
         phase="RollingBack",
-        conditions=_conds(ready=Cond(False, reason, what),
-                          reconciling=Cond(True, ROLLING_BACK, revert),
-                          stalled=Cond(True, reason, what + hint),
-                          rolled_back=Cond(False, ROLLING_BACK, revert)),
+        conditions=_rolling_back_conds(reason, what + hint, revert),
         serving=target,
     )
     if observed.deployment_revision != target:
@@ -447,15 +474,15 @@ def _after_failure(recorded: Recorded, observed: Observed,
 def _rolled_back(recorded: Recorded, observed: Observed, failure: dict[str, Any],
                  what: str) -> Decision:
     target = observed.target
-    message = f"revision {target} ({observed.target_label}) serves in place of revision " \
-              f"{observed.desired}, verified again by its smoke tests; {what}"
+    message = f"rolled back: revision {target} ({observed.target_label}) serves in place of " \
+              f"revision {observed.desired}, verified again by its smoke tests; {what}"
     reason = str(failure.get("reason") or SMOKE_TEST_FAILED)
     return Decision(
         phase="RolledBack",
         action="none",
         conditions=_conds(ready=Cond(False, reason, what),
                           reconciling=Cond(False, ROLLED_BACK, message),
-                          stalled=Cond(True, reason, what),
+                          stalled=Cond(True, reason, message),
                           rolled_back=Cond(True, reason, message)),
         events=_transition(recorded, "RolledBack", Event("Normal", ROLLED_BACK, message)),
         serving=target,
@@ -468,19 +495,26 @@ def _rollback_failed(recorded: Recorded, observed: Observed, failure: dict[str, 
               f"failed too: {detail}; Slipway stops here instead of oscillating"
     updated = {**failure, "rollbackFailed": True, "rollbackMessage": message}
     decision = _stopped(recorded, observed, ROLLBACK_FAILED,
-                        message + f"; fix the spec or set the {RETRY_ANNOTATION} annotation")
+                        message + f"; fix the spec or set the {RETRY_ANNOTATION} annotation",
+                        rolled_back=Cond(False, ROLLBACK_FAILED, message))
     return dataclasses.replace(decision, failure=updated,
                                events=(Event("Warning", ROLLBACK_FAILED, message),))
 
 
-def _stopped(recorded: Recorded, observed: Observed, reason: str, message: str) -> Decision:
+def _not_reverted() -> Cond:
+    return Cond(False, NOTHING_REVERTED, "nothing was reverted: the smoke tests could not be run, "
+                                     "which says nothing about the release")
+
+
+def _stopped(recorded: Recorded, observed: Observed, reason: str, message: str, *,
+             rolled_back: Cond) -> Decision:
     return Decision(
         phase="Failed",
         action="none",
         conditions=_conds(ready=Cond(False, reason, message),
                           reconciling=Cond(False, reason, message),
                           stalled=Cond(True, reason, message),
-                          rolled_back=Cond(False, reason, "")),
+                          rolled_back=rolled_back),
         events=_transition(recorded, "Failed", Event("Warning", reason, message)),
         serving=observed.deployment_revision,
     )

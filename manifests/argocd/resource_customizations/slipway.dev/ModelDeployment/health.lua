@@ -1,17 +1,30 @@
 -- Argo CD health check for slipway.dev/v1alpha1 ModelDeployment.
 -- Reads the kstatus-style status the Slipway operator writes. Order of checks:
--- observed generation, then Stalled, then Ready, then Reconciling.
--- Written for Lua 5.1 (gopher-lua, as embedded in Argo CD). Argo CD opens only the base, table,
--- package and a safe os library for health checks from argocd-cm, so this uses no string or math.
+-- observed generation, then Stalled, then Ready, then Reconciling. The operator never sets
+-- Stalled and Reconciling True together, so kstatus (which reads them in list order) and this
+-- check give the same verdict: Stalled is Failed/Degraded, with the same message.
+-- Runs in gopher-lua (Lua 5.1, as embedded in Argo CD) and in Lua 5.4, with or without
+-- useOpenLibs: Argo CD opens only the base, table, package and a safe os library for health
+-- checks from argocd-cm, so this uses no string or math library and no string methods.
 local hs = {}
 
--- Argo CD (gopher-lua) hands numbers to Lua as floats and prints integral ones as "3".
+local DIGITS = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}
+
+-- A whole number as digits. Argo CD hands every number over as a float: gopher-lua prints 3.0
+-- as "3", Lua 5.4 as "3.0", and string.format is not there to choose.
 local function num(value)
   local n = tonumber(value)
   if n == nil then
     return tostring(value)
   end
-  return tostring(n)
+  if n < 0 or n ~= n or n >= 1e15 or n % 1 ~= 0 then
+    return tostring(n)
+  end
+  local last = n % 10
+  if n < 10 then
+    return DIGITS[last + 1]
+  end
+  return num((n - last) / 10) .. DIGITS[last + 1]
 end
 
 local function text(value)
@@ -77,25 +90,12 @@ end
 local conditions = status.conditions
 local phase = text(status.phase)
 
+-- Stalled: the spec's revision failed and will not be retried by itself. The message says what
+-- failed and what serves instead (a revert under way, or done).
 local stalled = condition(conditions, "Stalled")
 if is_true(stalled) then
-  local message = say(stalled, "Stalled")
-  local rolled_back = condition(conditions, "RolledBack")
-  if is_true(rolled_back) then
-    local revision = nil
-    if type(status.rollbackTarget) == "table" and text(status.rollbackTarget.revision) ~= "" then
-      revision = text(status.rollbackTarget.revision)
-    elseif text(status.currentRevision) ~= "" then
-      revision = text(status.currentRevision)
-    end
-    if revision ~= nil then
-      message = "Rolled back to revision " .. revision .. ": " .. message
-    else
-      message = "Rolled back: " .. message
-    end
-  end
   hs.status = "Degraded"
-  hs.message = message
+  hs.message = say(stalled, "Stalled")
   return hs
 end
 

@@ -1,0 +1,89 @@
+"""Install the third-party evaluators the test suite runs for real, and say where they are.
+
+Slipway claims that tools it does not own read its objects correctly: Argo CD's Lua health
+check, Flux's kstatus. The tests prove it with those tools, not with imitations:
+
+* ``lua5.4``: Debian's Lua 5.4 runs ``health.lua`` with Argo CD's library set;
+* ``kstatus``: a small Go program on ``sigs.k8s.io/cli-utils`` (``tests/tools/kstatus``),
+  built once from the Go module proxy and cached like the control-plane binaries.
+
+Debian packages are installed with ``apt-get`` when missing (CI runs as root); anything else
+says what to run. ``make test`` and ``make unit`` run this first::
+
+    python -m slipway_dev.tools
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from slipway_dev import binaries
+
+# Command → the Debian package that ships it.
+DEBIAN_COMMANDS: dict[str, str] = {"lua5.4": "lua5.4"}
+_PREFIX = "[tools]"
+
+
+class ToolsError(RuntimeError):
+    """A tool the tests need could not be installed."""
+
+
+def _log(verbose: bool, message: str) -> None:
+    if verbose:
+        print(f"{_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+def ensure_debian(commands: Sequence[str], *, verbose: bool = True) -> dict[str, str]:
+    """Paths of ``commands``, installing their Debian packages when one is missing."""
+    missing = [c for c in commands if shutil.which(c) is None]
+    if missing:
+        packages = sorted({DEBIAN_COMMANDS[c] for c in missing})
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            raise ToolsError(f"{', '.join(missing)} not found; install the Debian package(s) "
+                             f"{' '.join(packages)} (apt-get install {' '.join(packages)})")
+        start = time.monotonic()
+        _log(verbose, f"installing {' '.join(packages)} with apt-get (for {', '.join(missing)})")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for args in (["apt-get", "update", "-qq"],
+                     ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+            done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise ToolsError(f"{' '.join(args)} failed (exit {done.returncode}):\n"
+                                 f"{(done.stdout + done.stderr)[-2000:]}")
+        _log(verbose, f"installed {' '.join(packages)} in {time.monotonic() - start:.1f}s")
+    paths = {c: shutil.which(c) for c in commands}
+    absent = [c for c, path in paths.items() if path is None]
+    if absent:
+        raise ToolsError(f"{', '.join(absent)} still not found after installing")
+    return {c: str(path) for c, path in paths.items()}
+
+
+def ensure_tools(*, verbose: bool = True) -> dict[str, str]:
+    found = ensure_debian(sorted(DEBIAN_COMMANDS), verbose=verbose)
+    found["kstatus"] = str(binaries.ensure_kstatus(verbose=verbose))
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slipway_dev.tools",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+    try:
+        found = ensure_tools(verbose=not args.quiet)
+    except (ToolsError, binaries.BinariesError) as error:
+        print(f"{_PREFIX} ERROR: {error}", file=sys.stderr)
+        return 1
+    for name, path in found.items():
+        print(f"{name}={path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
