@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Iterator, Sequence
@@ -298,6 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         namespaces=args.namespace or [], liveness=liveness, standalone=args.standalone,
         verbose=args.verbose, metrics_port=args.metrics_port, leader_elect=args.leader_elect,
         lease_ns=args.lease_namespace, lease_name=args.lease_name, identity=args.identity,
+        log_format=args.log_format,
     )
 
 
@@ -374,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--identity", help="this candidate's name in the Lease (default: the pod's "
                      "name, POD_NAME; else the host name and a random suffix). Two running "
                      "operators must never share one")
+    cmd.add_argument("--log-format", choices=["text", "json"],
+                     default=os.environ.get("SLIPWAY_LOG_FORMAT") or "text",
+                     help="text (for a person, the default) or json (one object per line: "
+                     "time, level, logger, message, object, revision, phase, event); "
+                     "default from SLIPWAY_LOG_FORMAT")
     cmd.add_argument("-v", "--verbose", action="store_true")
     cmd.set_defaults(func=cmd_run)
 

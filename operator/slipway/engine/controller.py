@@ -38,7 +38,7 @@ from kubernetes.client.rest import ApiException
 
 from slipway.api import models, validation
 from slipway.clients import cache, kube, smoke
-from slipway.engine import metrics, verifier
+from slipway.engine import logs, metrics, verifier
 from slipway.logic import announce, conditions, gates, lifecycle, render, rollout, targets
 
 HISTORY_LIMIT = 20
@@ -97,7 +97,8 @@ class Stale(Exception):
     fresh read before a verdict): reconcile again, from the fresh copy now in the cache."""
 
 
-EventSink = Callable[[announce.Announcement], None]
+# Posts one Event; False when it was there already (posted before, by this process or another).
+EventSink = Callable[[announce.Announcement], bool]
 # (namespace, name, status patch, the resourceVersion it was decided on) -> the new version
 StatusWriter = Callable[[str, str, dict[str, Any], str | None], object]
 
@@ -708,12 +709,21 @@ class Reconciler:
         """Post one; the API server's refusal or a broken connection is returned, not
         raised (NotLeader is raised: nothing may be sent)."""
         try:
-            self.post(item)
+            created = self.post(item)
         except ApiException as error:
             return error
         except kube.TRANSPORT_ERRORS as error:
             return error
+        log.info("%s/%s: %s %s: %s%s", self.meta.namespace, self.meta.name, item.type,
+                 item.reason, item.message, "" if created else " (posted before)",
+                 extra=self._about(item.reason))
         return None
+
+    def _about(self, event: str | None = None) -> dict[str, Any]:
+        """What a log line is about: this object, the revision and phase it is in now."""
+        return logs.about(self.meta.namespace, self.meta.name,
+                          revision=self.written.get("desiredRevision"),
+                          phase=self.written.get("phase"), event=event)
 
     def deliver(self) -> None:
         """Post what the recorded outbox holds that this process has not posted yet (its
@@ -725,7 +735,8 @@ class Reconciler:
             if failed is not None:
                 # Kept in the outbox (in order): a later look posts it.
                 log.warning("%s/%s: Event %s not posted, kept to post again: %s",
-                            self.meta.namespace, self.meta.name, item.reason, failed)
+                            self.meta.namespace, self.meta.name, item.reason, failed,
+                            extra=self._about(item.reason))
                 self.progress_due = ANNOUNCE_RETRY_SECONDS if self.progress_due is None \
                     else min(self.progress_due, ANNOUNCE_RETRY_SECONDS)
                 return
@@ -748,7 +759,7 @@ class Reconciler:
             if failed is not None:
                 # Not a reason to stop the reconcile, nor a child the API server refused.
                 log.warning("%s/%s: Event %s not posted: %s", self.meta.namespace,
-                            self.meta.name, item.reason, failed)
+                            self.meta.name, item.reason, failed, extra=self._about(item.reason))
                 continue
             DELIVERED.add(item.key)
             self.posted.append(item)

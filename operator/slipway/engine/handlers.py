@@ -41,7 +41,7 @@ import kopf
 
 from slipway.api import models
 from slipway.clients import cache, kube
-from slipway.engine import controller, leader, metrics, verifier
+from slipway.engine import controller, leader, logs, metrics, verifier
 from slipway.logic import announce, render
 from slipway.logic import leader as lease_rules
 
@@ -368,7 +368,7 @@ class Timers:
             try:
                 context.run(self._run, *key)
             except Exception:  # noqa: BLE001 - the worker stays; the run logs its own
-                log.exception("reconcile of %s/%s failed", *key)
+                log.exception("reconcile of %s/%s failed", *key, extra=logs.about(*key))
 
 
 def reconcile_or_retry(namespace: str, name: str) -> None:
@@ -377,7 +377,8 @@ def reconcile_or_retry(namespace: str, name: str) -> None:
     try:
         reconcile(namespace, name)
     except kopf.TemporaryError as error:
-        log.warning("%s/%s: %s; retrying in %g s", namespace, name, error, RETRY_SECONDS)
+        log.warning("%s/%s: %s; retrying in %g s", namespace, name, error, RETRY_SECONDS,
+                    extra=logs.about(namespace, name))
         TIMERS.schedule(namespace, name, RETRY_SECONDS)
 
 
@@ -389,7 +390,7 @@ def _reconcile_quietly(namespace: str, name: str) -> None:
         reconcile_or_retry(namespace, name)
     except Exception:  # noqa: BLE001 - a timer thread has no caller to report to
         log.exception("scheduled reconcile of %s/%s failed; the next change retries", namespace,
-                      name)
+                      name, extra=logs.about(namespace, name))
 
 
 TIMERS = Timers(_reconcile_quietly, workers=RECONCILE_WORKERS)
@@ -443,7 +444,7 @@ def reconcile(namespace: str, name: str) -> None:
                     return
             except controller.Stale as error:
                 log.info("%s/%s: %s; reconciling again from the fresh copy", namespace, name,
-                         error)
+                         error, extra=logs.about(namespace, name))
         errors.append(controller.Retry(f"{namespace}/{name} kept changing while a verdict "
                                        "was being decided"))
 
@@ -462,14 +463,12 @@ def reconcile(namespace: str, name: str) -> None:
                    "kind": body.get("kind") or "ModelDeployment", "name": name,
                    "namespace": namespace, "uid": body["metadata"].get("uid")}
 
-            def post(item: announce.Announcement) -> None:
+            def post(item: announce.Announcement) -> bool:
                 # Sent now (fenced like every write), named after its key: a second post of
                 # the same announcement finds it there and adds nothing.
                 stamp = lease_rules.micro_time(datetime.now(UTC))  # eventTime is a MicroTime
-                created = kube.create_event(announce.event_body(
+                return kube.create_event(announce.event_body(
                     ref, item, stamp, ELECTOR.identity if ELECTOR else ""))
-                log.info("%s/%s: %s %s: %s%s", namespace, name, item.type, item.reason,
-                         item.message, "" if created else " (posted before)")
 
             outcome = controller.reconcile(
                 body, post, OWN_WRITES.write, conflict_recheck=CONFLICT_RECHECK,
@@ -481,7 +480,8 @@ def reconcile(namespace: str, name: str) -> None:
             return False  # deleted while we looked
         except kube.NotLeader as error:
             metrics.RECONCILES.labels("standby").inc()
-            log.info("%s/%s: stopped, no longer leading (%s)", namespace, name, error)
+            log.info("%s/%s: stopped, no longer leading (%s)", namespace, name, error,
+                     extra=logs.about(namespace, name))
             PARKED.park(namespace, name)
             return False
         except controller.Retry as error:

@@ -12,6 +12,7 @@ import time
 
 import kopf
 
+from slipway.engine import logs
 from slipway.logic import leader
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
@@ -136,7 +137,8 @@ def check_lease_names(namespace: str, name: str) -> None:
 
 def run(*, namespaces: list[str], liveness: str, standalone: bool, verbose: bool,
         metrics_port: int = 0, leader_elect: bool = True, lease_ns: str | None = None,
-        lease_name: str = "slipway-operator", identity: str | None = None) -> int:
+        lease_name: str = "slipway-operator", identity: str | None = None,
+        log_format: str = "text") -> int:
     timing = election_timing() if leader_elect else None
     if timing is not None:
         check_lease_names(lease_namespace(lease_ns), lease_name)
@@ -144,6 +146,7 @@ def run(*, namespaces: list[str], liveness: str, standalone: bool, verbose: bool
     limit_malloc_arenas()
     start_malloc_trimmer(trim_every)
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
+    logs.use(log_format)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     # One line per smoke request and per handled child event would drown what matters: our own
     # Events are logged by the "slipway" logger.

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from slipway.clients import smoke
-from slipway.engine import metrics
+from slipway.engine import logs, metrics
 from slipway.logic import conditions
 
 log = logging.getLogger("slipway.verifier")
@@ -195,7 +195,8 @@ class Verifier:
             entry.future.cancel()
             log.info("%s/%s: verification %sof revision %s (generation %s) cancelled: obsolete",
                      namespace, name, f"of {entry.job.unit} " if entry.job.unit else "",
-                     entry.job.revision, entry.job.generation)
+                     entry.job.revision, entry.job.generation,
+                     extra=logs.about(namespace, name, revision=entry.job.revision))
 
     def units(self, namespace: str, name: str) -> list[Job]:
         """The pod runs this object has (running or with a verdict)."""
@@ -248,4 +249,5 @@ class Verifier:
             on_done()
         except Exception:  # noqa: BLE001 - the next event reconciles it anyway
             log.exception("%s/%s: could not schedule the reconcile that records the verdict",
-                          job.namespace, job.name)
+                          job.namespace, job.name,
+                          extra=logs.about(job.namespace, job.name, revision=job.revision))
