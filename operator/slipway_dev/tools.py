@@ -4,6 +4,8 @@ Slipway claims that tools it does not own read its objects correctly: Argo CD's 
 check, Flux's kstatus. The tests prove it with those tools, not with imitations:
 
 * ``lua5.4``: Debian's Lua 5.4 runs ``health.lua`` with Argo CD's library set;
+* ``promtool`` and ``prometheus`` (Debian's ``prometheus``): the alert rules are unit-tested by
+  promtool, and a real Prometheus scrapes the operator in a cluster test;
 * ``kstatus``: a small Go program on ``sigs.k8s.io/cli-utils`` (``tests/tools/kstatus``),
   built once from the Go module proxy and cached like the control-plane binaries.
 
@@ -26,7 +28,8 @@ from typing import Sequence
 from slipway_dev import binaries
 
 # Command → the Debian package that ships it.
-DEBIAN_COMMANDS: dict[str, str] = {"lua5.4": "lua5.4"}
+DEBIAN_COMMANDS: dict[str, str] = {"lua5.4": "lua5.4", "promtool": "prometheus",
+                                   "prometheus": "prometheus"}
 _PREFIX = "[tools]"
 
 
