@@ -21,7 +21,8 @@ install: $(STAMP)
 binaries: $(STAMP)
 	@$(PY) -m slipway_dev.binaries
 
-## The real evaluators the tests run: Lua 5.4 (apt-get, as root) and kstatus (built, cached).
+## The real third-party tools the tests run: Lua 5.4 and Prometheus (apt-get, as root), kstatus
+## and helm (built from the Go module proxy, cached).
 tools: $(STAMP)
 	@$(PY) -m slipway_dev.tools
 
@@ -33,7 +34,7 @@ test: $(STAMP)
 	@$(PY) -m mypy
 	@echo "[test] control-plane binaries for the cluster tests"
 	@$(PY) -m slipway_dev.binaries
-	@echo "[test] evaluators: Lua 5.4 for Argo CD's health check, kstatus"
+	@echo "[test] third-party tools: Lua 5.4, promtool and Prometheus, kstatus, helm"
 	@$(PY) -m slipway_dev.tools
 	@echo "[test] pytest (unit and cluster tests)"
 	@$(PY) -m pytest
@@ -58,6 +59,7 @@ unit: $(STAMP)
 
 crd: $(STAMP)
 	@$(VENV)/bin/slipway crd -o crds/modeldeployments.slipway.dev.yaml
+	@cp crds/modeldeployments.slipway.dev.yaml charts/slipway/crds/
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,7 +7,9 @@ check, Flux's kstatus. The tests prove it with those tools, not with imitations:
 * ``promtool`` and ``prometheus`` (Debian's ``prometheus``): the alert rules are unit-tested by
   promtool, and a real Prometheus scrapes the operator in a cluster test;
 * ``kstatus``: a small Go program on ``sigs.k8s.io/cli-utils`` (``tests/tools/kstatus``),
-  built once from the Go module proxy and cached like the control-plane binaries.
+  built once from the Go module proxy and cached like the control-plane binaries;
+* ``helm``: ``helm.sh/helm/v4``, built and cached the same way: the chart in ``charts/slipway``
+  is linted, rendered and installed with it.
 
 Debian packages are installed with ``apt-get`` when missing (CI runs as root); anything else
 says what to run. ``make test`` and ``make unit`` run this first::
@@ -70,6 +72,7 @@ def ensure_debian(commands: Sequence[str], *, verbose: bool = True) -> dict[str,
 def ensure_tools(*, verbose: bool = True) -> dict[str, str]:
     found = ensure_debian(sorted(DEBIAN_COMMANDS), verbose=verbose)
     found["kstatus"] = str(binaries.ensure_kstatus(verbose=verbose))
+    found["helm"] = str(binaries.ensure_helm(verbose=verbose))
     return found
 
 
