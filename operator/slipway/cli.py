@@ -177,7 +177,7 @@ def smoke_url_problem(url: str) -> str | None:
     return None
 
 
-def _pick_release(args: argparse.Namespace, stdin: TextIO, err: TextIO
+def pick_release(args: argparse.Namespace, stdin: TextIO, err: TextIO
                   ) -> tuple[Document, models.ModelDeploymentSpec] | int:
     """The one ModelDeployment of ``-f`` (``--name`` picks among several), parsed and valid."""
     found: list[Document] = []
@@ -226,7 +226,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         if problem is not None:  # the URL itself is not echoed: it may hold a password
             print(f"slipway smoke: {option}: {problem}", file=err)
             return 2
-    picked = _pick_release(args, sys.stdin, err)
+    picked = pick_release(args, sys.stdin, err)
     if isinstance(picked, int):
         return picked
     document, spec = picked

@@ -63,13 +63,37 @@ class NotLeader(Exception):
 FENCE: Callable[[], bool] | None = None
 
 
+# A command-line client's choice (kubectl slipway --kubeconfig/--context): (file, context).
+_KUBECONFIG: tuple[str | None, str | None] | None = None
+
+
+def use_kubeconfig(config_file: str | None = None, context: str | None = None) -> None:
+    """Talk to the cluster of this kubeconfig and context (None: kubectl's defaults, KUBECONFIG
+    or ~/.kube/config and its current context) instead of the in-cluster or default one."""
+    global _KUBECONFIG
+    _KUBECONFIG = (config_file, context)
+    api_client.cache_clear()
+
+
+def kubeconfig_namespace() -> str:
+    """The namespace of the chosen context, as kubectl takes it when -n is not given."""
+    config_file, context = _KUBECONFIG or (None, None)
+    contexts, current = kubernetes.config.list_kube_config_contexts(config_file=config_file)
+    chosen = next((c for c in contexts if c["name"] == context), None) if context else current
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+
+
 @functools.cache
 def api_client() -> kubernetes.client.ApiClient:
     with _lock:
-        try:
-            kubernetes.config.load_incluster_config()
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
+        if _KUBECONFIG is not None:
+            kubernetes.config.load_kube_config(config_file=_KUBECONFIG[0],
+                                               context=_KUBECONFIG[1])
+        else:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
         configuration = kubernetes.client.Configuration.get_default_copy()
         # One quick retry of a failed connection; the caller retries the rest with back-off.
         # Enough kept-alive connections for the reconcile workers and the fresh reads: beyond
@@ -358,6 +382,20 @@ def read_model_deployment(namespace: str, name: str) -> dict[str, Any] | None:
     body = _get(_model_deployment(namespace, name))
     remember(cache.MODEL_DEPLOYMENT, namespace, name, body)
     return body
+
+
+def annotate_model_deployment(namespace: str, name: str,
+                              annotations: dict[str, str]) -> dict[str, Any] | None:
+    """Merge-patch annotations onto the ModelDeployment (``kubectl slipway retry``); None when
+    it does not exist."""
+    try:
+        return request("PATCH", _model_deployment(namespace, name),
+                       body={"metadata": {"annotations": annotations}},
+                       content_type=MERGE_PATCH)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any],
