@@ -14,82 +14,23 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, TextIO
 
-import yaml
-
-from slipway.api import crd, docs, models, validation
+from slipway.api import crd, docs, documents, models
 from slipway.logic import render
-
-
-class Document:
-    """One YAML document of an input file, with where it came from."""
-
-    def __init__(self, source: str, index: int, body: Any) -> None:
-        self.source = source
-        self.index = index
-        self.body = body
-
-    @property
-    def name(self) -> str:
-        if isinstance(self.body, dict) and isinstance(self.body.get("metadata"), dict):
-            return str(self.body["metadata"].get("name") or "?")
-        return "?"
-
-    @property
-    def label(self) -> str:
-        return f"{self.source}: {models.KIND}/{self.name} (document {self.index + 1})"
-
-    def parse(self, err: TextIO) -> models.ModelDeploymentSpec | None:
-        """The spec, or None with one line per error on ``err``."""
-        try:
-            return validation.parse_document(self.body)
-        except validation.SpecError as error:
-            for field_error in error.errors:
-                print(f"{self.label}: {field_error}", file=err)
-            return None
-
-
-def read_documents(sources: Sequence[str], stdin: TextIO) -> Iterator[Document | str]:
-    """Yield documents, or an error line for a file that cannot be read or parsed."""
-    for source in sources:
-        try:
-            text = stdin.read() if source == "-" else pathlib.Path(source).read_text()
-        except OSError as error:
-            yield f"{source}: cannot read: {error.strerror or error}"
-            continue
-        name = "<stdin>" if source == "-" else source
-        try:
-            bodies = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or str(error)
-            yield f"{name}:{where}: not valid YAML: {problem}"
-            continue
-        for index, body in enumerate(bodies):
-            if body is not None:
-                yield Document(name, index, body)
-
-
-def _is_ours(body: Any) -> bool:
-    if not isinstance(body, dict):
-        return True
-    api_version = str(body.get("apiVersion", ""))
-    return api_version.split("/")[0] == models.GROUP or body.get("kind") == models.KIND
 
 
 def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO,
            *, emit: bool) -> int:
     failed = False
     seen = 0
-    for item in read_documents(args.filename, stdin):
+    for item in documents.read_all(args.filename, stdin):
         if isinstance(item, str):
             print(item, file=err)
             failed = True
             continue
-        if not _is_ours(item.body):
+        if not documents.is_ours(item.body):
             kind = item.body.get("kind", "?")
             print(f"{item.source}: skipped {kind} (document {item.index + 1}): "
                   f"not a {models.KIND}", file=err)
@@ -177,35 +118,6 @@ def smoke_url_problem(url: str) -> str | None:
     return None
 
 
-def pick_release(args: argparse.Namespace, stdin: TextIO, err: TextIO
-                  ) -> tuple[Document, models.ModelDeploymentSpec] | int:
-    """The one ModelDeployment of ``-f`` (``--name`` picks among several), parsed and valid."""
-    found: list[Document] = []
-    for item in read_documents([args.filename], stdin):
-        if isinstance(item, str):
-            print(item, file=err)
-            return 1
-        if _is_ours(item.body):
-            found.append(item)
-    names = [d.name for d in found]
-    if args.name is not None:
-        found = [d for d in found if d.name == args.name]
-        if not found:
-            print(f"no {models.KIND} named {args.name!r} in {args.filename} "
-                  f"(found: {', '.join(names) or 'none'})", file=err)
-            return 1
-    if not found:
-        print(f"no {models.KIND} found in {args.filename}", file=err)
-        return 1
-    if len(found) > 1:
-        print(f"{args.filename} holds {len(found)} {models.KIND}s ({', '.join(names)}); "
-              "pick one with --name", file=err)
-        return 2
-    (document,) = found
-    spec = document.parse(err)
-    return 1 if spec is None else (document, spec)
-
-
 def _smoke_table(results: Sequence[models.SmokeTestResult]) -> list[str]:
     rows = [("TEST", "OUTCOME", "STATUS", "LATENCY", "MESSAGE")]
     for result in results:
@@ -226,7 +138,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         if problem is not None:  # the URL itself is not echoed: it may hold a password
             print(f"slipway smoke: {option}: {problem}", file=err)
             return 2
-    picked = pick_release(args, sys.stdin, err)
+    picked = documents.pick_release(args.filename, args.name, sys.stdin, err)
     if isinstance(picked, int):
         return picked
     document, spec = picked

@@ -37,8 +37,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from slipway import cli
-from slipway.api import models
+from slipway.api import documents, models
 from slipway.clients import kube
 from slipway.logic import lifecycle, render
 
@@ -403,7 +402,7 @@ def _read(namespace: str, name: str) -> dict[str, Any] | None:
 def _run(args: argparse.Namespace, namespace: str) -> int:
     out = console()
     if args.command == "diff":
-        picked = cli.pick_release(args, sys.stdin, sys.stderr)
+        picked = documents.pick_release(args.filename, args.name, sys.stdin, sys.stderr)
         if isinstance(picked, int):
             return picked
         document, spec = picked

@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import uuid
-from typing import Any
 
 import pytest
 
