@@ -66,6 +66,24 @@ def cmd_render(args: argparse.Namespace) -> int:
     return _check(args, sys.stdin, sys.stdout, sys.stderr, emit=True)
 
 
+def cmd_digest(args: argparse.Namespace) -> int:
+    from slipway.clients import artifacts
+    from slipway.logic import digest
+
+    try:
+        found = artifacts.digest_path(args.path)
+    except digest.ManifestError as error:
+        print(f"slipway digest: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"slipway digest: {args.path}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    if args.manifest and found.manifest is not None:
+        sys.stdout.write(found.manifest)
+    print(found.digest)
+    return 0
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     text = crd.render_crd_yaml()
     if args.output:
@@ -256,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("-o", "--output", choices=["table", "json"], default="table",
                      help="table (default) or json (the operator's status.lastSmokeTest form)")
     cmd.set_defaults(func=cmd_smoke)
+
+    cmd = sub.add_parser("digest", help="the spec.model.digest of a model file or folder "
+                         "(a folder's: the sha256 of its canonical manifest)")
+    cmd.add_argument("path", help="a file, or a folder (every regular file below it)")
+    cmd.add_argument("--manifest", action="store_true",
+                     help="print a folder's manifest before its digest")
+    cmd.set_defaults(func=cmd_digest)
 
     cmd = sub.add_parser("crd", help="print the CRD generated from the models")
     cmd.add_argument("-o", "--output", help="write to this file instead of stdout")

@@ -123,8 +123,9 @@ def test_the_command_line_follows_kubectl_plugin_conventions() -> None:
 
 def _screen(*, terminal: bool, **env: str) -> str:
     """The status screen as a child process prints it, into a pipe or a pseudo-terminal."""
+    ready = evaluators.CUSTOMIZATION / "testdata" / "ready.yaml"
     code = ("from slipway import plugin; import yaml; "
-            f"md = yaml.safe_load(open({str(evaluators.CUSTOMIZATION / 'testdata' / 'ready.yaml')!r})); "
+            f"md = yaml.safe_load(open({str(ready)!r})); "
             "plugin.console().print(plugin.status_screen(md))")
     environ = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
     environ.update(TERM="xterm-256color", **env)

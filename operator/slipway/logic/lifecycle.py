@@ -49,7 +49,7 @@ ROLLBACK_DISABLED = "RollbackDisabled"
 # (not the phase's reason with an empty message: `kubectl describe` shows them).
 NO_FAILURE = "NoFailure"  # Stalled=False
 NOT_ROLLED_BACK = "NotRolledBack"  # RolledBack=False: the spec's revision is the one released
-NOTHING_REVERTED = "NotReverted"  # RolledBack=False: a failure that is not reverted (could not test)
+NOTHING_REVERTED = "NotReverted"  # RolledBack=False: a failure not reverted (could not test)
 
 Action = Literal["apply-desired", "apply-target", "verify", "wait", "none"]
 Outcome = Literal["Passed", "Failed", "Error"]
