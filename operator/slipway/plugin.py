@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import yaml
@@ -443,37 +443,34 @@ def _run(args: argparse.Namespace, namespace: str) -> int:
 
 
 def _watch(out: Console, namespace: str, name: str, md: dict[str, Any]) -> int:
-    """Redraw on every change (a poll a second: one GET, as `kubectl get -w` would list);
-    on a terminal in place, elsewhere one screen after the other."""
-    from rich.live import Live
+    """Redraw on every change: in place on a terminal, one screen after the other elsewhere.
+    Polls once a second (one GET) until interrupted, or until the object is gone."""
+    if out.is_terminal:
+        from rich.live import Live
 
-    version = md["metadata"].get("resourceVersion")
-    if not out.is_terminal:
-        out.print(status_screen(md))
-    with Live(status_screen(md), console=out, auto_refresh=False,
-              transient=False) if out.is_terminal else _Nothing() as live:
-        while True:
-            time.sleep(1.0)
-            fresh = kube.read_model_deployment(namespace, name)
-            if fresh is None:
-                out.print(f"ModelDeployment {name} is gone")
-                return EXIT_FAILED
-            if fresh["metadata"].get("resourceVersion") == version:
-                continue
-            version = fresh["metadata"].get("resourceVersion")
-            if live is not None:
+        with Live(status_screen(md), console=out, auto_refresh=False) as live:
+            for fresh in _changes(namespace, name, md):
                 live.update(status_screen(fresh), refresh=True)
-            else:
-                out.print(Text(""))
-                out.print(status_screen(fresh))
+    else:
+        out.print(status_screen(md))
+        for fresh in _changes(namespace, name, md):
+            out.print(Text(""))
+            out.print(status_screen(fresh))
+    out.print(f"ModelDeployment {name} is gone")
+    return EXIT_FAILED
 
 
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _changes(namespace: str, name: str, md: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Each new version of the object, until it is gone."""
+    version = md["metadata"].get("resourceVersion")
+    while True:
+        time.sleep(1.0)
+        fresh = kube.read_model_deployment(namespace, name)
+        if fresh is None:
+            return
+        if fresh["metadata"].get("resourceVersion") != version:
+            version = fresh["metadata"].get("resourceVersion")
+            yield fresh
 
 
 if __name__ == "__main__":

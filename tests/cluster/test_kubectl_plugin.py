@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from typing import Any
 
 import yaml
@@ -16,15 +18,19 @@ from tests.cluster.kube import Kubectl, wait_until
 from tests.cluster.test_guarded_rollout import NAME, V1, V2_WRONG_MODEL_PATH, Story
 
 
-def plugin(kubectl: Kubectl, *args: str, stdin: str | None = None
-           ) -> subprocess.CompletedProcess[str]:
+def command(kubectl: Kubectl, *args: str) -> tuple[list[str], dict[str, str]]:
     """``kubectl slipway ARGS`` through kubectl's own plugin lookup (the venv's bin on PATH)."""
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep +
            os.environ.get("PATH", "")}
     env.pop("KUBECONFIG", None)
-    return subprocess.run([kubectl.binary, "slipway", *args, "--kubeconfig", kubectl.kubeconfig],
-                          input=stdin, capture_output=True, text=True, timeout=60, env=env,
-                          check=False)
+    return [kubectl.binary, "slipway", *args, "--kubeconfig", kubectl.kubeconfig], env
+
+
+def plugin(kubectl: Kubectl, *args: str, stdin: str | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    argv, env = command(kubectl, *args)
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60,
+                          env=env, check=False)
 
 
 def test_status_history_diff_and_retry_of_a_rolled_back_release(
@@ -66,19 +72,36 @@ def test_status_history_diff_and_retry_of_a_rolled_back_release(
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "Deployment iris: no change" in fixed.stdout  # V1 is what serves
 
-    # retry: the annotation, and the operator tries the release again (and reverts again)
-    retried = plugin(kubectl, "retry", NAME, "-n", namespace)
-    assert retried.returncode == 0, retried.stderr
-    annotations = story.md()["metadata"].get("annotations") or {}
-    assert "slipway.dev/retry" in annotations
+    # retry: the annotation, and the operator tries the release again (and reverts again),
+    # which status --watch shows screen after screen (into a pipe: no redrawing in place)
+    argv, env = command(kubectl, "status", NAME, "-n", namespace, "--watch")
+    with tempfile.TemporaryFile("w+") as screens:
+        watcher = subprocess.Popen(argv, stdout=screens, stderr=subprocess.STDOUT, env=env,
+                                   text=True)
+        try:
+            time.sleep(2)  # its first screen
+            retried = plugin(kubectl, "retry", NAME, "-n", namespace)
+            assert retried.returncode == 0, retried.stderr
+            annotations = story.md()["metadata"].get("annotations") or {}
+            assert "slipway.dev/retry" in annotations
 
-    def tried_again() -> list[dict[str, Any]] | None:
-        entries = (story.md().get("status") or {}).get("history") or []
-        outcomes = [h["outcome"] for h in entries]
-        return entries if outcomes[-2:] == ["Failed", "RolledBack"] and len(entries) == 5 \
-            else None
-    wait_until(tried_again, timeout=120, what="the retried release reverted again",
-               diagnose=story.diagnose)
+            def tried_again() -> list[dict[str, Any]] | None:
+                entries = (story.md().get("status") or {}).get("history") or []
+                outcomes = [h["outcome"] for h in entries]
+                return entries if outcomes[-2:] == ["Failed", "RolledBack"] and \
+                    len(entries) == 5 else None
+            wait_until(tried_again, timeout=120, what="the retried release reverted again",
+                       diagnose=story.diagnose)
+            time.sleep(2)  # its last screen
+        finally:
+            watcher.terminate()
+            watcher.wait(timeout=10)
+        screens.seek(0)
+        shown = screens.read()
+    heads = [line.split()[1] for line in shown.splitlines()
+             if line.startswith(f"{namespace}/{NAME}  ")]
+    assert heads[0] == "RolledBack" and heads[-1] == "RolledBack", shown
+    assert "Progressing" in heads or "RollingBack" in heads, heads  # redrawn as it moved
 
     missing = plugin(kubectl, "status", "nope", "-n", namespace)
     assert missing.returncode == 1 and "not found" in missing.stderr
