@@ -54,9 +54,10 @@ EXPECTED = (
     Expected("RolledBack", "the rollback target serves again, re-verified",
              "Failed", "Degraded", "Stalled=True: the spec's revision is not what serves"),
     Expected("Failed", "the release failed with nothing to revert to, or could not be tested, "
-             "or the revert failed", "Failed", "Degraded", "Stalled=True"),
-    Expected("Invalid", "the spec cannot be rolled out (`InvalidSpec`, `ChildConflict`, "
+             "or the revert failed, or a child cannot be applied (`ChildConflict`, "
              "`ApplyFailed`)", "Failed", "Degraded", "Stalled=True"),
+    Expected("Invalid", "the spec cannot be used (`InvalidSpec`)", "Failed", "Degraded",
+             "Stalled=True"),
 )
 BY_STATE = {row.state: row for row in EXPECTED}
 

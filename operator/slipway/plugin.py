@@ -123,6 +123,10 @@ def next_step(md: dict[str, Any], phase: str) -> str:
     if reason == lifecycle.SMOKE_TESTS_NOT_RUN:
         return ("let the operator reach the pods (NetworkPolicy, port, the API server's proxy), "
                 f"then {retry}")
+    stalled = _condition(md.get("status") or {}, "Stalled")
+    if stalled.get("status") == "True" and stalled.get("reason") in ("ChildConflict",
+                                                                      "ApplyFailed"):
+        return f"fix what the message names (a name taken, an apply refused), then {retry}"
     if failure.get("rollbackFailed"):
         return f"fix the spec or the rollback target's image, then {retry}"
     return f"fix the spec (the failed test and its answer are above), or {retry}"
@@ -142,7 +146,7 @@ def _line(label: str, value: RenderableType | str) -> Table:
     row = Table.grid(padding=(0, 1))
     row.add_column(width=16, style="bold")
     row.add_column()
-    row.add_row(label, value)
+    row.add_row(Text(label), Text(value) if isinstance(value, str) else value)
     return row
 
 
@@ -166,11 +170,12 @@ def verdict_table(verdict: dict[str, Any]) -> Table:
         outcome = str(result.get("outcome") or "")
         status = result.get("statusCode")
         latency = result.get("latencyMs")
-        table.add_row(str(result.get("name") or ""), str(result.get("target") or ""),
+        # Text, never markup: a message holds a model server's answer ("[setosa]" is data)
+        table.add_row(Text(str(result.get("name") or "")), Text(str(result.get("target") or "")),
                       Text(outcome, style=OUTCOME_STYLE.get(outcome, "")),
-                      "" if status is None else str(status),
-                      "" if latency is None else f"{latency} ms",
-                      str(result.get("message") or ""))
+                      Text("" if status is None else str(status)),
+                      Text("" if latency is None else f"{latency} ms"),
+                      Text(str(result.get("message") or "")))
     return table
 
 
@@ -188,9 +193,9 @@ def status_screen(md: dict[str, Any]) -> Group:
         parts.append(Text(info["message"], overflow="fold"))
     parts.append(Text(""))
     serving, desired = info["serving"], info["desired"]
-    same = serving.get("revision") == desired.get("revision")
+    same = bool(serving.get("revision")) and serving.get("revision") == desired.get("revision")
     parts.append(_line("desired", _revision_text(desired, "(serving)" if same else "")))
-    if not same:
+    if not same and serving.get("revision"):
         target = info["rollbackTarget"] or {}
         note = "(the rollback target)" if serving.get("revision") == target.get("revision") \
             else ""
@@ -230,10 +235,10 @@ def history_table(md: dict[str, Any]) -> Table:
     table.add_column("IMAGE", overflow="fold")
     for entry in (md.get("status") or {}).get("history") or []:
         outcome = str(entry.get("outcome") or "")
-        table.add_row(str(entry.get("at") or ""), str(entry.get("generation") or ""),
-                      str(entry.get("revision") or ""), str(entry.get("modelVersion") or ""),
+        table.add_row(*(Text(str(entry.get(key) or "")) for key in
+                        ("at", "generation", "revision", "modelVersion")),
                       Text(outcome, style=OUTCOME_STYLE.get(outcome, "")),
-                      str(entry.get("reason") or ""), str(entry.get("image") or ""))
+                      Text(str(entry.get("reason") or "")), Text(str(entry.get("image") or "")))
     return table
 
 
@@ -286,31 +291,57 @@ def diff_report(doc_body: dict[str, Any], spec: models.ModelDeploymentSpec, name
         out.append(f"the cluster: phase {status.get('phase') or 'Pending'}, desired revision "
                    f"{status.get('desiredRevision') or '?'}, serving "
                    f"{status.get('currentRevision') or '?'}")
-        same_spec = (md.get("spec") or {}) == (doc_body.get("spec") or {})
-        failure = status.get("lastFailure") or {}
-        failed_before = [h for h in status.get("history") or []
-                         if h.get("revision") == revision and h.get("outcome") == "Failed"]
-        if same_spec:
-            out.append(f"the spec is the one the cluster has (generation "
-                       f"{md['metadata'].get('generation')}): applying FILE changes nothing")
-            if failure.get("revision") == revision:
-                warn = True
-                out.append(f"BLOCKED: revision {revision} failed for this generation "
-                           f"({failure.get('reason')}: {failure.get('message') or ''}); it is "
-                           "not tried again until the spec changes or `kubectl slipway retry`")
-        elif failed_before:
-            warn = True
-            last = failed_before[-1]
-            out.append(f"FAILED BEFORE: revision {revision} failed at generation "
-                       f"{last.get('generation')} ({last.get('reason')}, {last.get('at')}); "
-                       "applying FILE makes a new generation, which tries it again")
-        elif revision == status.get("currentRevision") and \
-                revision == (status.get("rollbackTarget") or {}).get("revision"):
-            out.append(f"revision {revision} is the verified one that serves: the pods stay "
-                       "as they are")
+        warn = _verdicts(out, doc_body, md, revision)
     out += _unified("Deployment", name, deployment, rendered.deployment)
     out += _unified("Service", name, service, rendered.service)
     return out, warn
+
+
+def _retry_token(body: dict[str, Any]) -> str | None:
+    return ((body.get("metadata") or {}).get("annotations") or {}).get(
+        lifecycle.RETRY_ANNOTATION)
+
+
+def _verdicts(out: list[str], doc_body: dict[str, Any], md: dict[str, Any],
+              revision: str) -> bool:
+    """What the cluster already decided about ``revision``: True (a warning) when applying
+    the file would be blocked, or would try a revision that failed before."""
+    status = md.get("status") or {}
+    # kubectl apply keeps a retry token the file does not set (one `kubectl slipway retry` set)
+    token = _retry_token(doc_body)
+    token = _retry_token(md) if token is None else token
+    history = status.get("history") or []
+    if (md.get("spec") or {}) == (doc_body.get("spec") or {}):
+        generation = md["metadata"].get("generation")
+        failure = status.get("lastFailure") or {}
+        out.append(f"the spec is the one the cluster has (generation {generation}): applying "
+                   "FILE starts no new release")
+        if failure.get("revision") == revision and generation is not None and \
+                lifecycle.blocks(failure, generation, token or ""):
+            out.append(f"BLOCKED: revision {revision} failed for this generation "
+                       f"({failure.get('reason')}: {failure.get('message') or ''}); it is not "
+                       "tried again until the spec changes or `kubectl slipway retry`")
+            return True
+        if failure.get("revision") == revision:
+            out.append(f"revision {revision} failed for this generation, and the retry token "
+                       "differs: applying FILE tries it again")
+        return False
+    # The verdicts on this revision, newest last: a failure that a later verdict did not
+    # overturn ("could not test" is no verdict on the release)
+    verdicts = [h for h in history if h.get("revision") == revision
+                and h.get("reason") != lifecycle.SMOKE_TESTS_NOT_RUN
+                and h.get("outcome") in ("Verified", "Failed")]
+    if verdicts and verdicts[-1].get("outcome") == "Failed":
+        last = verdicts[-1]
+        out.append(f"FAILED BEFORE: revision {revision} failed at generation "
+                   f"{last.get('generation')} ({last.get('reason')}, {last.get('at')}); "
+                   "applying FILE makes a new generation, which tries it again")
+        return True
+    if revision == status.get("currentRevision") and \
+            revision == (status.get("rollbackTarget") or {}).get("revision"):
+        out.append(f"revision {revision} is the verified one that serves: the pods stay as "
+                   "they are")
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +351,7 @@ def diff_report(doc_body: dict[str, Any], spec: models.ModelDeploymentSpec, name
 def console(file: Any = None) -> Console:
     """Colour only on a terminal, never with NO_COLOR (rich reads both); into a pipe or a file,
     lines of 120 columns (COLUMNS sets another width) rather than a terminal's 80."""
-    out = Console(file=file or sys.stdout, highlight=False, soft_wrap=False)
+    out = Console(file=file or sys.stdout, highlight=False, soft_wrap=False, markup=False)
     if not out.is_terminal and not os.environ.get("COLUMNS"):
         out.width = PIPE_WIDTH
     return out
@@ -330,7 +361,7 @@ def plain(renderable: RenderableType, width: int = PIPE_WIDTH) -> str:
     """A screen as plain text (what the golden files hold, and what a pipe gets)."""
     buffer = io.StringIO()
     Console(file=buffer, width=width, color_system=None, force_terminal=False,
-            highlight=False).print(renderable)
+            highlight=False, markup=False).print(renderable)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
@@ -421,9 +452,13 @@ def _run(args: argparse.Namespace, namespace: str) -> int:
     if md is None:
         return EXIT_FAILED
     if args.command == "retry":
-        token = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        kube.annotate_model_deployment(namespace, args.name,
-                                       {lifecycle.RETRY_ANNOTATION: token})
+        # Microseconds: two retries in one second are two retries.
+        token = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        if kube.annotate_model_deployment(namespace, args.name,
+                                          {lifecycle.RETRY_ANNOTATION: token}) is None:
+            print(f"kubectl slipway: ModelDeployment {args.name!r} not found in namespace "
+                  f"{namespace!r}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"modeldeployment.slipway.dev/{args.name} annotated {lifecycle.RETRY_ANNOTATION}"
               f"={token}: the operator tries its release again")
         return EXIT_OK

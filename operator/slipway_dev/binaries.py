@@ -494,9 +494,10 @@ def ensure_kstatus(*, verbose: bool = True) -> pathlib.Path:
     for name in ("go.mod", "go.sum", "main.go"):
         digest.update((KSTATUS_SOURCE / name).read_bytes())
     version = f"{CLI_UTILS_VERSION}-{digest.hexdigest()[:12]}"
+    toolchain = _toolchain_for(_go_line((KSTATUS_SOURCE / "go.mod").read_text()), verbose)
     return _tool_once(_bin_dir("kstatus", version) / "kstatus", verbose, lambda: _build_into_cache(
         kind="kstatus", version=version, src=KSTATUS_SOURCE,
-        packages={"kstatus": "."}, ldflags="-s -w", toolchain="local", verbose=verbose,
+        packages={"kstatus": "."}, ldflags="-s -w", toolchain=toolchain, verbose=verbose,
         cold_hint="~1 min on 2 cores",
     )["kstatus"])
 

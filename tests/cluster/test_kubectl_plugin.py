@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
 import yaml
@@ -75,11 +75,18 @@ def test_status_history_diff_and_retry_of_a_rolled_back_release(
     # retry: the annotation, and the operator tries the release again (and reverts again),
     # which status --watch shows screen after screen (into a pipe: no redrawing in place)
     argv, env = command(kubectl, "status", NAME, "-n", namespace, "--watch")
-    with tempfile.TemporaryFile("w+") as screens:
-        watcher = subprocess.Popen(argv, stdout=screens, stderr=subprocess.STDOUT, env=env,
-                                   text=True)
+    with tempfile.TemporaryDirectory() as folder:
+        path = pathlib.Path(folder) / "screens.txt"
+
+        def heads() -> list[str]:
+            """The phase of each screen written so far (read through a handle of our own)."""
+            return [line.split()[1] for line in path.read_text().splitlines()
+                    if line.startswith(f"{namespace}/{NAME}  ")]
+        with open(path, "w") as screens:
+            watcher = subprocess.Popen(argv, stdout=screens, stderr=subprocess.STDOUT,
+                                       env=env, text=True)
         try:
-            time.sleep(2)  # its first screen
+            wait_until(heads, timeout=60, what="the first screen of --watch")
             retried = plugin(kubectl, "retry", NAME, "-n", namespace)
             assert retried.returncode == 0, retried.stderr
             annotations = story.md()["metadata"].get("annotations") or {}
@@ -92,16 +99,14 @@ def test_status_history_diff_and_retry_of_a_rolled_back_release(
                     len(entries) == 5 else None
             wait_until(tried_again, timeout=120, what="the retried release reverted again",
                        diagnose=story.diagnose)
-            time.sleep(2)  # its last screen
+            wait_until(lambda: len(heads()) > 1 and heads()[-1] == "RolledBack", timeout=30,
+                       what="--watch showing the revert's end", diagnose=path.read_text)
         finally:
             watcher.terminate()
             watcher.wait(timeout=10)
-        screens.seek(0)
-        shown = screens.read()
-    heads = [line.split()[1] for line in shown.splitlines()
-             if line.startswith(f"{namespace}/{NAME}  ")]
-    assert heads[0] == "RolledBack" and heads[-1] == "RolledBack", shown
-    assert "Progressing" in heads or "RollingBack" in heads, heads  # redrawn as it moved
+        shown = heads()
+    assert shown[0] == "RolledBack" and shown[-1] == "RolledBack", shown
+    assert "Progressing" in shown or "RollingBack" in shown, shown  # redrawn as it moved
 
     missing = plugin(kubectl, "status", "nope", "-n", namespace)
     assert missing.returncode == 1 and "not found" in missing.stderr

@@ -28,8 +28,11 @@ class Prometheus:
         config.write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
-            "scrape_configs": [{"job_name": "slipway",
-                                "static_configs": [{"targets": [target]}]}],
+            # As the README says to scrape it: the target's own namespace label (a pod's)
+            # must not replace the ModelDeployment's.
+            "scrape_configs": [{"job_name": "slipway", "honor_labels": True,
+                                "static_configs": [{"targets": [target], "labels": {
+                                    "namespace": "slipway-system", "pod": "operator-0"}}]}],
         }))
         self.log = folder / "prometheus.log"
         with open(self.log, "wb") as out:

@@ -5,10 +5,10 @@
 -- SCRIPT is the health.lua to run; OBJECTS a Lua chunk that returns a list of objects (every
 -- JSON number a float, as Argo CD's decodeValue hands them over); MODE "safe" gives the script
 -- what Argo CD gives a check from argocd-cm without useOpenLibs (the base, table and package
--- libraries and an os with time and date only: no string, math, io or debug, and strings
--- without methods), "open" every standard library (useOpenLibs: true). Each object gets a
--- fresh environment, as each check gets a fresh LState, and an instruction budget in place of
--- Argo CD's one-second timeout.
+-- libraries and an os with time and date only: no string, math, io or debug, not even through
+-- require, and strings without methods), "open" every standard library (useOpenLibs: true).
+-- Each object gets a fresh environment, as each check gets a fresh LState, and an instruction
+-- budget in place of Argo CD's one-second timeout.
 --
 -- Prints one JSON line per object: {"status": ..., "message": ..., "globals": [...]} with the
 -- global names the script left behind, or {"error": ...}.
@@ -42,10 +42,20 @@ local function safe_environment()
     env[name] = _G[name]
   end
   env.table = table
-  env.package = package
-  env.require = require
   env.os = {time = os.time, date = os.date}
   env._G = env
+  -- The package library as gopher-lua has it with only these opened: require finds what is
+  -- loaded (the safe os among it) and nothing else (no string, math, io or debug to load).
+  local loaded = {_G = env, table = env.table, os = env.os}
+  env.package = {loaded = loaded, preload = {}}
+  loaded.package = env.package
+  env.require = function(name)
+    local found = loaded[name]
+    if found == nil then
+      error("module '" .. tostring(name) .. "' not found", 2)
+    end
+    return found
+  end
   return env
 end
 

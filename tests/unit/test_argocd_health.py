@@ -236,13 +236,14 @@ def test_the_lua_5_4_harness_opens_what_argo_cd_opens(tmp_path: pathlib.Path) ->
     all of them with it."""
     script = tmp_path / "health.lua"
     for body in ('string.format("%s", "Healthy")', '("Healthy"):lower()', "math.floor(1)",
-                 "io.write('')"):
+                 "io.write('')", 'require("string").upper("x")', 'require("debug")'):
         script.write_text(f"local x = {body}\nreturn {{status = 'Healthy', message = 'x'}}\n")
         safe, = evaluators.argocd([without_status()], "safe", script=script)
         assert "error" in safe, (body, safe)
         opened, = evaluators.argocd([without_status()], "open", script=script)
         assert opened.get("status") == "Healthy", (body, opened)
-    script.write_text("return {status = os.date('!%Y', 0), message = type(table.concat)}\n")
+    script.write_text("return {status = require('os').date('!%Y', 0), "
+                      "message = type(table.concat)}\n")
     verdict, = evaluators.argocd([without_status()], "safe", script=script)
     assert (verdict.get("status"), verdict.get("message")) == ("1970", "function")
 

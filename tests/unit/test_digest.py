@@ -27,6 +27,7 @@ def tree(root: pathlib.Path) -> pathlib.Path:
     (root / "Ω données" / "étiquettes é.txt").write_text("setosa\nversicolor\nvirginica\n")
     (root / "README").write_text("iris\n")
     (root / "b").write_text("lower after upper in bytes\n")
+    (root / "-x").write_text("a name sha256sum must not read as an option\n")
     (root / "unused-empty-folder").mkdir()
     return root
 
@@ -34,7 +35,7 @@ def tree(root: pathlib.Path) -> pathlib.Path:
 def by_hand(root: pathlib.Path) -> str:
     """The documented shell recipe, with coreutils."""
     script = ("find . -type f | sed 's|^\\./||' | LC_ALL=C sort | tr '\\n' '\\0' "
-              "| xargs -0 sha256sum | sha256sum")
+              "| xargs -0 sha256sum -- | sha256sum")
     done = subprocess.run(["sh", "-c", script], cwd=root, capture_output=True, text=True,
                           check=True, env={**os.environ, "LC_ALL": "C"})
     return "sha256:" + done.stdout.split()[0]
@@ -44,13 +45,14 @@ def test_a_folder_digest_is_the_sha256sum_of_its_manifest(tmp_path: pathlib.Path
     root = tree(tmp_path / "model")
     found = artifacts.digest_path(root)
     assert found.digest == by_hand(root)
-    assert found.files == 5
+    assert found.files == 6
     assert found.manifest is not None
     lines = found.manifest.splitlines()
     # sorted by UTF-8 bytes: upper case before lower case before non-ASCII
     assert [line.split("  ", 1)[1] for line in lines] == [
-        "README", "b", "weights/empty.bin", "weights/layers/0.bin", "Ω données/étiquettes é.txt"]
-    assert lines[2] == f"{EMPTY}  weights/empty.bin"
+        "-x", "README", "b", "weights/empty.bin", "weights/layers/0.bin",
+        "Ω données/étiquettes é.txt"]
+    assert lines[3] == f"{EMPTY}  weights/empty.bin"
 
 
 def test_a_file_digest_is_its_sha256(tmp_path: pathlib.Path) -> None:
@@ -75,7 +77,8 @@ def test_what_changes_the_digest_and_what_does_not(tmp_path: pathlib.Path) -> No
     assert artifacts.digest_path(root).digest not in (before, changed)
 
 
-@pytest.mark.parametrize("kind", ["link", "fifo", "newline", "backslash", "not-utf8"])
+@pytest.mark.parametrize("kind", ["link", "fifo", "newline", "carriage-return", "backslash",
+                                  "not-utf8", "no-file"])
 def test_what_a_manifest_cannot_hold_is_refused(tmp_path: pathlib.Path, kind: str) -> None:
     root = tree(tmp_path / "model")
     if kind == "link":
@@ -86,6 +89,11 @@ def test_what_a_manifest_cannot_hold_is_refused(tmp_path: pathlib.Path, kind: st
         (root / "two\nlines").write_text("x")
     elif kind == "backslash":
         (root / "back\\slash").write_text("x")
+    elif kind == "carriage-return":
+        (root / "car\rriage").write_text("x")
+    elif kind == "no-file":
+        root = tmp_path / "empty-model"
+        (root / "only" / "folders").mkdir(parents=True)
     else:
         with open(os.path.join(os.fsencode(root), b"latin-\xe9"), "wb") as handle:
             handle.write(b"x")
@@ -109,7 +117,7 @@ def test_slipway_digest_prints_the_digest_and_the_manifest(tmp_path: pathlib.Pat
                            str(root)], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     *manifest_lines, last = done.stdout.splitlines()
-    assert last == by_hand(root) and len(manifest_lines) == 5
+    assert last == by_hand(root) and len(manifest_lines) == 6
     assert digest.DIGEST.fullmatch(last)
     (root / "link").symlink_to("README")
     refused = subprocess.run([sys.executable, "-m", "slipway.cli", "digest", str(root)],

@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
 import sys
 import uuid
+from typing import Any
 
 import pytest
 
@@ -84,3 +87,14 @@ def test_the_format_is_chosen_on_the_command_line_or_in_the_environment(
     assert cli.build_parser().parse_args(["run"]).log_format == "json"
     with pytest.raises(SystemExit, match="not one of text, json"):
         logs.use("xml")
+
+
+def test_a_bad_format_from_the_environment_stops_slipway_run_before_it_starts(
+        tmp_path: Any) -> None:
+    done = subprocess.run([sys.executable, "-m", "slipway.cli", "run"], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=tmp_path,
+                          env={**os.environ, "SLIPWAY_LOG_FORMAT": "xml",
+                               "KUBECONFIG": str(tmp_path / "none")})
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == \
+        "slipway: log format 'xml' is not one of text, json"

@@ -79,6 +79,20 @@ def test_promtool_fails_a_rule_that_does_not_fire_as_tested(tmp_path: Any) -> No
     assert done.returncode != 0 and "SlipwayReleaseRolledBack" in done.stdout + done.stderr
 
 
+def test_the_counters_the_alerts_take_increase_of_are_exported_from_the_start() -> None:
+    """An increase() over a series that appears at 1 is 0: the first SmokeTestsNotRun, or the
+    first error, would never fire. The operator exports them at 0 before anything happened."""
+    samples = {(sample.name, tuple(sorted(sample.labels.items())))
+               for family in metrics.REGISTRY.collect() for sample in family.samples}
+    assert ("slipway_rollouts_total", (("reason", "SmokeTestsNotRun"), ("result", "Failed"))) \
+        in samples
+    assert ("slipway_reconciles_total", (("result", "error"),)) in samples
+    for rule in rules():
+        for name in METRIC.findall(rule["expr"]):
+            if "increase(" in rule["expr"] or "rate(" in rule["expr"]:
+                assert any(sample[0] == name for sample in samples), name
+
+
 def test_the_prometheus_rule_carries_the_same_groups() -> None:
     doc = yaml.safe_load(PROMETHEUS_RULE.read_text())
     assert (doc["apiVersion"], doc["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")

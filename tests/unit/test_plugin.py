@@ -81,7 +81,7 @@ def test_diff_says_a_revision_failed_before_and_what_would_change() -> None:
     lines, warn = plugin.diff_report(body, spec, "models", md, None, None)
     text = "\n".join(lines)
     # The cluster's spec itself: nothing changes, and the release is blocked
-    assert warn and "applying FILE changes nothing" in text and "BLOCKED" in text
+    assert warn and "applying FILE starts no new release" in text and "BLOCKED" in text
     assert f"revision {md['status']['desiredRevision']}" in text
     # The same release as a new generation (another replica count): it failed before
     body["spec"] = {**md["spec"], "replicas": 3}
@@ -89,6 +89,40 @@ def test_diff_says_a_revision_failed_before_and_what_would_change() -> None:
                                      None, None)
     text = "\n".join(lines)
     assert warn and "FAILED BEFORE" in text and "tries it again" in text
+
+
+def test_diff_is_not_blocked_by_a_new_retry_token_or_a_failure_overturned() -> None:
+    md = captured("rolled-back")
+    body = {"apiVersion": md["apiVersion"], "kind": md["kind"],
+            "metadata": {"name": "iris", "annotations": {"slipway.dev/retry": "again"}},
+            "spec": md["spec"]}
+    lines, warn = plugin.diff_report(body, validation.parse_document(body), "models", md,
+                                     None, None)
+    assert not warn and "tries it again" in "\n".join(lines)
+    # a new generation of a revision that failed, then was verified: no warning
+    revision = md["status"]["desiredRevision"]
+    later = {**md, "status": {**md["status"], "history": [
+        *md["status"]["history"], {"revision": revision, "outcome": "Verified",
+                                   "reason": "Verified", "generation": 9}]}}
+    body = {**body, "metadata": {"name": "iris"}, "spec": {**md["spec"], "replicas": 3}}
+    lines, warn = plugin.diff_report(body, validation.parse_document(body), "models", later,
+                                     None, None)
+    assert not warn, lines
+    # "could not test" is no verdict on the release
+    untested = {**md, "status": {**md["status"], "history": [
+        {"revision": revision, "outcome": "Failed", "reason": "SmokeTestsNotRun",
+         "generation": 2}]}}
+    lines, warn = plugin.diff_report(body, validation.parse_document(body), "models", untested,
+                                     None, None)
+    assert not warn, lines
+
+
+def test_a_model_servers_answer_is_shown_as_it_is_never_as_markup() -> None:
+    md = captured("rolled-back")
+    results = md["status"]["lastSmokeTest"]["results"]
+    results[0]["message"] = "expected status 200, got 500: [/x] [bold]labels[/bold] [setosa]"
+    text = plugin.plain(plugin.status_screen(md), width=400)
+    assert "[/x] [bold]labels[/bold] [setosa]" in text
 
 
 def test_diff_shows_the_deployment_fields_that_change_and_nothing_else() -> None:

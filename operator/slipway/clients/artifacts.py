@@ -25,7 +25,8 @@ class Digested:
 
 
 def _sha256(path: pathlib.Path) -> str:
-    with open(path, "rb") as handle:
+    # O_NOFOLLOW: a file swapped for a link after it was looked at is refused, not followed
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
@@ -54,6 +55,9 @@ def digest_path(path: str | os.PathLike[str]) -> Digested:
                 entries.append((relative, _sha256(full)))
             elif not stat.S_ISDIR(mode):
                 raise digest.ManifestError(f"{relative}: neither a regular file nor a folder")
+    if not entries:
+        # Its manifest would be empty, and its digest that of an empty file
+        raise digest.ManifestError(f"{root}: a folder with no files in it")
     text = digest.manifest(entries)
     return Digested(digest.of_manifest(text), text, len(entries))
 

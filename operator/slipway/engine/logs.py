@@ -52,11 +52,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def use(log_format: str) -> None:
-    """Put the chosen format on the root logger's handlers (kopf.configure made them)."""
+def check(log_format: str) -> None:
+    """Refuse an unknown format (from SLIPWAY_LOG_FORMAT: argparse checks only what is typed)
+    before anything starts."""
     if log_format not in FORMATS:
         raise SystemExit(f"slipway: log format {log_format!r} is not one of "
                          f"{', '.join(FORMATS)}")
+
+
+def use(log_format: str) -> None:
+    """Put the chosen format on the root logger's handlers (kopf.configure made them)."""
+    check(log_format)
     if log_format == "json":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())

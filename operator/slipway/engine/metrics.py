@@ -57,6 +57,13 @@ WATCH_EVENTS = prometheus_client.Counter(
     ["kind"], registry=REGISTRY)
 
 
+# The series the alerts take increase() or rate() of exist from the start, at 0: a counter
+# that first appears already at 1 has no increase, and its first occurrence (often its only
+# one) would never fire (manifests/monitoring/).
+RECONCILES.labels("error")
+ROLLOUTS.labels("Failed", "SmokeTestsNotRun")
+
+
 LEADER = prometheus_client.Gauge(
     "slipway_leader", "1 while this process holds the leader Lease and may act, 0 standing by.",
     registry=REGISTRY)

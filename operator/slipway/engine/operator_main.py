@@ -139,6 +139,7 @@ def run(*, namespaces: list[str], liveness: str, standalone: bool, verbose: bool
         metrics_port: int = 0, leader_elect: bool = True, lease_ns: str | None = None,
         lease_name: str = "slipway-operator", identity: str | None = None,
         log_format: str = "text") -> int:
+    logs.check(log_format)
     timing = election_timing() if leader_elect else None
     if timing is not None:
         check_lease_names(lease_namespace(lease_ns), lease_name)

@@ -8,13 +8,14 @@ A single file's digest is the sha256 of its bytes. A directory's is the sha256 o
 (the format of ``sha256sum``), the relative path with ``/`` between its parts, in UTF-8, and
 the lines sorted by those UTF-8 bytes. Empty directories are not in it (an object store has
 none); an empty file is (its sha256 is that of no bytes). A name that is not UTF-8 or holds a
-newline or a backslash, a symbolic link and anything but regular files and directories are
-refused: each would let two different trees share one manifest, or reach outside the tree.
+newline, a carriage return or a backslash, a symbolic link, anything but regular files and
+directories, and a directory with no file are refused: each would let two different trees share
+one manifest, or reach outside the tree.
 
 So ``sha256sum`` reproduces it by hand::
 
     cd model && find . -type f | sed 's|^\\./||' | LC_ALL=C sort | tr '\\n' '\\0' \\
-        | xargs -0 sha256sum | sha256sum
+        | xargs -0 sha256sum -- | sha256sum
 
 Pure: the entries come in, the text and digests go out. ``slipway digest PATH`` and the
 artifact fetcher walk the files (``slipway.clients.artifacts``).
