@@ -84,6 +84,47 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+FETCH_EXIT = {"ArtifactFetchFailed": 1, "ArtifactDigestMismatch": 2}
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Fetch the artifact and check its digest; on failure the reason and message go to stderr
+    and to the termination log (what the kubelet shows as the container's message). Exit 0
+    verified, 1 ArtifactFetchFailed, 2 ArtifactDigestMismatch, 64 usage."""
+    from slipway.clients import artifacts
+    from slipway.logic import digest
+
+    uri = args.uri or os.environ.get("MODEL_URI") or ""
+    expected = None if args.no_verify else \
+        (args.digest or os.environ.get("MODEL_DIGEST") or None)
+    if not uri:
+        print("slipway fetch: no --uri and no MODEL_URI", file=sys.stderr)
+        return 64
+    if expected is None and not args.no_verify:
+        print(f"slipway fetch: {artifacts.shown(uri)}: no --digest and no MODEL_DIGEST (say "
+              "--no-verify to fetch it unchecked)", file=sys.stderr)
+        return 64
+    if expected is not None and not digest.DIGEST.fullmatch(expected):
+        print(f"slipway fetch: digest {expected!r} is not sha256: and 64 lowercase hex",
+              file=sys.stderr)
+        return 64
+    try:
+        found = artifacts.fetch(uri, args.dest, expected, timeout=args.timeout)
+    except artifacts.FetchError as error:
+        line = f"{error.reason}: {error}"
+        print(f"slipway fetch: {line}", file=sys.stderr)
+        if args.termination_log:
+            try:
+                pathlib.Path(args.termination_log).write_text(line[:4000] + "\n")
+            except OSError as problem:
+                print(f"slipway fetch: termination log: {problem}", file=sys.stderr)
+        return FETCH_EXIT.get(error.reason, 1)
+    checked = "verified" if expected is not None else "NOT verified (--no-verify)"
+    print(f"slipway fetch: {artifacts.shown(uri)}: {found.files} file(s), {found.digest}, "
+          f"{checked}; in {pathlib.Path(args.dest) / artifacts.ARTIFACT}", file=sys.stderr)
+    return 0
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     text = crd.render_crd_yaml()
     if args.output:
@@ -281,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--manifest", action="store_true",
                      help="print a folder's manifest before its digest")
     cmd.set_defaults(func=cmd_digest)
+
+    cmd = sub.add_parser("fetch", help="fetch a model artifact (http(s)://, s3://) and check "
+                         "its digest: the init container of a rendered pod")
+    cmd.add_argument("--uri", help="default: MODEL_URI")
+    cmd.add_argument("--digest", help="sha256:<64 hex>; default: MODEL_DIGEST")
+    cmd.add_argument("--no-verify", action="store_true",
+                     help="fetch without a digest to check (an explicit choice)")
+    cmd.add_argument("--dest", required=True,
+                     help="folder to fetch into: DEST/artifact, and DEST/verified.json")
+    cmd.add_argument("--termination-log", default=None,
+                     help="write the failure here too (in a pod: /dev/termination-log)")
+    cmd.add_argument("--timeout", type=float, default=60.0,
+                     help="seconds without progress before a download fails (default 60)")
+    cmd.set_defaults(func=cmd_fetch)
 
     cmd = sub.add_parser("crd", help="print the CRD generated from the models")
     cmd.add_argument("-o", "--output", help="write to this file instead of stdout")

@@ -1,5 +1,6 @@
-"""Model artifacts on disk: their digest (``slipway digest PATH``), by the canonical manifest of
-``slipway.logic.digest``.
+"""Model artifacts: their digest (``slipway digest PATH``), by the canonical manifest of
+``slipway.logic.digest``, and their fetch (``slipway fetch``: http(s):// with httpx, s3:// with
+boto3), checked against ``spec.model.digest`` before anything serves them.
 
 A file is hashed as it is read (any size, constant memory); a directory is walked without
 following links, and a link, a device, a FIFO or a socket in it is refused rather than skipped:
@@ -9,10 +10,14 @@ the digest says exactly what the server will load.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
+import json
 import os
 import pathlib
+import shutil
 import stat
+import urllib.parse
 
 from slipway.logic import digest
 
@@ -64,3 +69,152 @@ def digest_path(path: str | os.PathLike[str]) -> Digested:
 
 def _raise(error: OSError) -> None:
     raise error
+
+
+# --------------------------------------------------------------------------------------------
+# Fetching an artifact and checking it against its digest (``slipway fetch``)
+
+FETCHED_SCHEMES = ("http", "https", "s3")
+# The reasons a fetch fails with: the first word of the termination message.
+DIGEST_MISMATCH = "ArtifactDigestMismatch"
+FETCH_FAILED = "ArtifactFetchFailed"
+ARTIFACT = "artifact"  # under the destination: the file, or the folder of an s3 prefix
+RECORD = "verified.json"  # under the destination: what was fetched and checked
+CHUNK = 1 << 20
+
+
+class FetchError(Exception):
+    """An artifact that could not be fetched or is not the one its digest names; ``reason``
+    is FETCH_FAILED or DIGEST_MISMATCH, the message never holds credentials."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def shown(uri: str) -> str:
+    """A URI as messages may show it: no user, password, query (a presigned URL's signature)
+    or fragment."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def fetched_by_slipway(uri: str) -> bool:
+    return urllib.parse.urlsplit(uri).scheme.lower() in FETCHED_SCHEMES
+
+
+def _http(uri: str, into: pathlib.Path, timeout: float) -> pathlib.Path:
+    import httpx  # only here: the operator never downloads artifacts itself
+
+    name = pathlib.PurePosixPath(urllib.parse.urlsplit(uri).path).name or "model"
+    digest.check_name(name)
+    target = into / name
+    try:
+        with httpx.stream("GET", uri, timeout=timeout, follow_redirects=True,
+                          trust_env=False) as answer:
+            if answer.status_code != 200:
+                raise FetchError(FETCH_FAILED, f"{shown(uri)}: HTTP {answer.status_code}")
+            with open(target, "xb") as out:
+                for chunk in answer.iter_bytes(CHUNK):
+                    out.write(chunk)
+    except httpx.HTTPError as error:
+        raise FetchError(FETCH_FAILED, f"{shown(uri)}: {type(error).__name__}: "
+                         f"{_without(str(error), uri)}") from None
+    return target
+
+
+def _s3(uri: str, into: pathlib.Path) -> pathlib.Path | None:
+    """An object, or every object under a prefix (a folder), with boto3: credentials, region
+    and endpoint from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_REGION, AWS_ENDPOINT_URL), as the pod's Secret reference sets them. The file's path,
+    or None for a folder."""
+    import boto3
+    import botocore.exceptions
+
+    parts = urllib.parse.urlsplit(uri)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not bucket:
+        raise FetchError(FETCH_FAILED, f"{shown(uri)}: no bucket")
+    client = boto3.client("s3")
+    try:
+        if key and not key.endswith("/"):
+            try:
+                client.head_object(Bucket=bucket, Key=key)
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
+                    raise
+            else:  # one object: a file
+                name = pathlib.PurePosixPath(key).name
+                digest.check_name(name)
+                client.download_file(bucket, key, str(into / name))
+                return into / name
+            key += "/"
+        count = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            for item in page.get("Contents") or []:
+                relative = item["Key"][len(key):]
+                if relative.endswith("/"):
+                    continue  # a folder marker some tools write
+                digest.check_name(relative)
+                (into / relative).parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, item["Key"], str(into / relative))
+                count += 1
+        if count == 0:
+            raise FetchError(FETCH_FAILED, f"{shown(uri)}: no object there")
+        return None
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        raise FetchError(FETCH_FAILED, f"{shown(uri)}: {type(error).__name__}: "
+                         f"{_without(str(error), uri)}") from None
+
+
+def _without(text: str, uri: str) -> str:
+    """An error's text without the URI's secrets (a library may quote the whole URL)."""
+    parts = urllib.parse.urlsplit(uri)
+    for secret in (parts.password, parts.username, parts.query):
+        if secret:
+            text = text.replace(secret, "…")
+    return text
+
+
+def fetch(uri: str, dest: str | os.PathLike[str], expected: str | None, *,
+          timeout: float = 60.0) -> Digested:
+    """Fetch ``uri`` into ``dest``/artifact, check ``expected`` (None: not checked, the user's
+    explicit choice), and write ``dest``/verified.json. FetchError otherwise, with nothing
+    left at ``dest``/artifact."""
+    if not fetched_by_slipway(uri):
+        raise FetchError(FETCH_FAILED, f"{shown(uri)}: Slipway fetches "
+                         f"{', '.join(s + '://' for s in FETCHED_SCHEMES)} only")
+    if expected is not None and not digest.DIGEST.fullmatch(expected):
+        raise FetchError(FETCH_FAILED, f"{expected!r} is not sha256: and 64 lowercase hex")
+    root = pathlib.Path(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    partial = root / ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        scheme = urllib.parse.urlsplit(uri).scheme.lower()
+        try:
+            single = _s3(uri, partial) if scheme == "s3" else _http(uri, partial, timeout)
+        except digest.ManifestError as error:
+            raise FetchError(FETCH_FAILED, f"{shown(uri)}: {error}") from None
+        except OSError as error:
+            raise FetchError(FETCH_FAILED, f"{shown(uri)}: {error.strerror or error}") from None
+        # One object is checked as a file, a prefix as a folder (its manifest)
+        found = digest_path(single if single is not None else partial)
+        if expected is not None and found.digest != expected:
+            raise FetchError(DIGEST_MISMATCH, f"{shown(uri)}: expected {expected}, got "
+                             f"{found.digest}")
+        final = root / ARTIFACT
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        record = {"uri": shown(uri), "digest": found.digest, "verified": expected is not None,
+                  "files": found.files,
+                  "path": str(final / single.name) if single is not None else str(final),
+                  "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        (root / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        return found
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
