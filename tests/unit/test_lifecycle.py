@@ -48,6 +48,15 @@ CASES: list[tuple[str, Recorded, Observed, str, str, bool, bool, bool, list[str]
     ("first-release-without-deployment", Recorded(), observed(deployment_revision=None,
                                                               target=None, rollout=None),
      "Progressing", "apply-desired", False, False, False, ["Progressing"]),
+    # The status write after a new revision's children failed: the next look finds the
+    # Deployment on it, already crash-looping or complete; its rollout is announced too
+    ("an-unrecorded-rollout-that-already-failed-announces-it-too",
+     Recorded(phase="RolledBack", desired_revision="d1"), observed(pod_problem=CRASH),
+     "RollingBack", "apply-target", False, True, False,
+     ["Progressing", "CrashLoop", "RollingBack"]),
+    ("an-unrecorded-rollout-that-is-complete-announces-it-before-verifying",
+     Recorded(phase="Ready", desired_revision="d1"), observed(), "Verifying", "verify", False,
+     False, False, ["Progressing", "Verifying"]),
     ("rolling-out-waits-quietly", Recorded(phase="Progressing", desired_revision="d2"),
      observed(rollout=ROLLING), "Progressing", "wait", False, False, False, []),
     ("complete-rollout-is-verified", Recorded(phase="Progressing", desired_revision="d2"),

@@ -201,7 +201,16 @@ def _transition(recorded: Recorded, phase: str, *events: Event) -> tuple[Event, 
 def decide(recorded: Recorded, observed: Observed) -> Decision:
     if is_blocked(recorded, observed):
         return _after_failure(recorded, observed, recorded.last_failure or {})
-    return _pursue_desired(recorded, observed)
+    decision = _pursue_desired(recorded, observed)
+    if recorded.desired_revision != observed.desired and decision.phase != "Progressing":
+        # The rollout of this revision was never recorded: the status write that follows a
+        # new revision's children (applied first, one round trip sooner) failed, and the
+        # Deployment was already on it when the next look came, which found the release
+        # verifying or already failed. Its Progressing is announced with what came of it.
+        started = Event("Normal", PROGRESSING, f"rolling out revision {observed.desired} "
+                                               f"({observed.desired_label})")
+        decision = dataclasses.replace(decision, events=(started, *decision.events))
+    return decision
 
 
 # --------------------------------------------------------------------------------------------
