@@ -94,10 +94,12 @@ def test_only_the_leader_acts_and_the_standby_finishes_a_bad_release_after_the_l
                                  diagnose=lambda: a.tail(20) + "\n---\n" + b.tail(20))
     assert lease(kubectl)["spec"]["holderIdentity"] == leader.identity
     # /healthz says which is which (kopf caches probe results for a while: wait for it)
+    # (and the standby's naming the holder: it learns it at its next look at the Lease, and
+    # one read of the role before that saw holder '' once)
     wait_until(lambda: health(leader)["leader"]["role"] == "leader"
-               and health(standby)["leader"]["role"] == "standby", timeout=30,
-               what="/healthz naming leader and standby")
-    assert health(standby)["leader"]["holder"] == leader.identity
+               and health(standby)["leader"]["role"] == "standby"
+               and health(standby)["leader"]["holder"] == leader.identity, timeout=30,
+               what="/healthz naming leader and standby, and the standby the holder")
     story = Story(kubectl, leader, namespace)
     # When v1 is applied, it is verified once: one set of Events, and the standby wrote nothing
     story.given_v1_is_ready()
