@@ -20,6 +20,8 @@ def init() -> None:
     path = os.environ.get("MODEL_PATH") or os.path.join(
         softmax_model.BUNDLE_DIR, "model", "model.json"
     )
+    if os.path.isdir(path):  # a fetched folder (an s3:// prefix): its model.json
+        path = os.path.join(path, "model.json")
     _model = softmax_model.load_model(path)
     _n_features = softmax_model.schema_feature_count()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import pathlib
@@ -41,10 +42,9 @@ def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO,
             failed = True
             continue
         if emit:
-            meta = render.Meta.from_body(item.body)
+            meta = render.Meta.from_body(item.body, args.fetcher_image)
             if args.namespace:
-                meta = render.Meta(name=meta.name, namespace=args.namespace, uid=meta.uid,
-                                   generation=meta.generation)
+                meta = dataclasses.replace(meta, namespace=args.namespace)
             rendered = render.render(spec, meta)
             for obj in rendered.objects():
                 out.write(f"---\n# Source: {item.source} ({models.KIND}/{meta.name}, "
@@ -295,7 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "render":
             cmd.add_argument("-n", "--namespace", help="namespace to render into "
                              "(default: the document's, else 'default')")
-        cmd.set_defaults(func=func, namespace=None)
+            cmd.add_argument("--fetcher-image", default=os.environ.get(
+                "SLIPWAY_FETCHER_IMAGE") or render.DEFAULT_FETCHER_IMAGE,
+                help="image of the init container that fetches an http(s):// or s3:// "
+                "artifact: the operator's own (default: $SLIPWAY_FETCHER_IMAGE, else "
+                f"{render.DEFAULT_FETCHER_IMAGE})")
+        cmd.set_defaults(func=func, namespace=None, fetcher_image=render.DEFAULT_FETCHER_IMAGE)
 
     help_text = ("send a ModelDeployment's smoke tests to a running server (the image run "
                  "locally, a port-forward, a staging endpoint), with the operator's checks; "

@@ -279,7 +279,13 @@ def diff_report(doc_body: dict[str, Any], spec: models.ModelDeploymentSpec, name
     again (its revision failed before)."""
     name = str(doc_body["metadata"]["name"])
     uid = (md or {}).get("metadata", {}).get("uid")
-    rendered = render.render(spec, render.Meta(name=name, namespace=namespace, uid=uid))
+    # The operator's fetcher image as it runs now (the live pod template's init container)
+    live_init = (((deployment or {}).get("spec") or {}).get("template") or {}).get(
+        "spec", {}).get("initContainers") or []
+    fetcher = next((str(c.get("image")) for c in live_init
+                    if c.get("name") == render.FETCH_CONTAINER), render.DEFAULT_FETCHER_IMAGE)
+    rendered = render.render(spec, render.Meta(name=name, namespace=namespace, uid=uid,
+                                               fetcher_image=fetcher))
     revision = rendered.revision
     out = [f"{namespace}/{name}: FILE renders revision {revision} (model "
            f"{spec.model.version}, image {spec.runtime.image})"]

@@ -75,13 +75,50 @@ def workdir_of(spec: Mapping[str, Any], entry: Any) -> str:
     return str(spec.get("workingDir") or getattr(entry, "working_dir", "") or "")
 
 
-def _hides_own_files(target: str, *more: str) -> bool:
-    """True when a mount at ``target`` would cover the interpreter, the repository (the image
-    table's commands) or the container's working folder."""
-    own = [sys.prefix, sys.base_prefix, str(pathlib.Path(__file__).resolve().parents[2]),
-           *[m for m in more if m]]
+TERMINATION_PATH = "/dev/termination-log"  # the API's default terminationMessagePath
+MESSAGE_BYTES = 4096  # the kubelet's cap on a termination message read from the file
+LOG_TAIL_LINES, LOG_TAIL_BYTES = 80, 2048  # and on one taken from the log's tail
+
+
+def own_paths(*more: str) -> list[str]:
+    """The folders this machine's "images" run from: the interpreter, the repository (the image
+    table's commands) and the container's working folder."""
+    found = [sys.prefix, sys.base_prefix, str(pathlib.Path(__file__).resolve().parents[2]),
+             *[m for m in more if m]]
+    return list(dict.fromkeys(found))
+
+
+def _hides_own_files(target: str, *own: str) -> bool:
+    """True when a mount at ``target`` would cover one of ``own`` (default: own_paths())."""
     top = target.rstrip("/") or "/"
-    return any(path == top or path.startswith(top + "/") or top == "/" for path in own)
+    return any(path == top or path.startswith(top + "/") or top == "/"
+               for path in (own or own_paths()))
+
+
+def termination_message(term_file: pathlib.Path | None, log_file: pathlib.Path | None,
+                        policy: str, exit_code: int) -> str:
+    """The kubelet's rule: the file's text (at most 4096 bytes); with FallbackToLogsOnError,
+    an empty file and a failure, the log's last 80 lines (at most 2048 bytes)."""
+    text = b""
+    if term_file is not None:
+        try:
+            with open(term_file, "rb") as handle:
+                text = handle.read(MESSAGE_BYTES)
+        except OSError:
+            text = b""
+    if not text.strip() and policy == "FallbackToLogsOnError" and exit_code != 0 and \
+            log_file is not None:
+        try:
+            with open(log_file, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - 64 * 1024))
+                tail = handle.read()
+        except OSError:
+            tail = b""
+        lines = tail.splitlines(keepends=True)[-LOG_TAIL_LINES:]
+        text = b"".join(lines)[-LOG_TAIL_BYTES:]
+    return text.decode("utf-8", "replace")
 
 
 class Container:
@@ -109,6 +146,8 @@ class Container:
         self.kill_reason = ""
         self.trackers: dict[str, probes.ProbeTracker] = {}
         self.env: dict[str, str] = {}
+        self.term_file: pathlib.Path | None = None
+        self.log_file: pathlib.Path | None = None
 
     # -- helpers
     @property
@@ -210,26 +249,38 @@ class Container:
         }
         # "Images" are this machine's own files (the interpreter, the repository): a volume
         # mounted over a folder that holds them (an emptyDir on /tmp, with the checkout under
-        # /tmp) would hide them. Such a mount is left out, and said.
-        kept = [m for m in mounts if not _hides_own_files(m[1], workdir_of(self.spec,
-                                                                           self.entry))]
+        # /tmp) would hide them. They are bound back at their own paths inside a writable
+        # volume; a read-only one is left out, and said.
+        own = own_paths(workdir_of(self.spec, self.entry))
+        kept = [m for m in mounts if not m[2] or not _hides_own_files(m[1], *own)]
         for _, target, _ in [m for m in mounts if m not in kept]:
-            log.warning("%s: %s: not mounting a volume at %s, which holds this machine's "
-                        "interpreter or checkout; the container sees the host's folder",
-                        worker.key, self.name, target)
+            log.warning("%s: %s: not mounting a read-only volume at %s, which holds this "
+                        "machine's interpreter or checkout; the container sees the host's "
+                        "folder", worker.key, self.name, target)
         mounts = kept
+        # The termination-message file, new for each run of the container, where the
+        # container's terminationMessagePath says (in a /dev of the container's own)
+        self.term_file = worker.log_dir / self.name / "termination-log"
+        self.term_file.parent.mkdir(parents=True, exist_ok=True)
+        self.term_file.write_bytes(b"")
+        self.term_file.chmod(0o666)
         wrapper: list[str] = []
-        if mounts:
+        if net.exec_prefix:
+            term_path = str(self.spec.get("terminationMessagePath") or TERMINATION_PATH)
             wrapper = ["unshare", "--mount", "--propagation", "private", sys.executable, "-I",
-                       "-m", "slipway_dev.mountns"]
-            for source, target, read_only in mounts:
+                       "-m", "slipway_dev.mountns", "--dev"]
+            for source, target, read_only in [*mounts, (str(self.term_file), term_path, False)]:
                 wrapper += ["--bind", source, target, *(["--ro", target] if read_only else [])]
+            for path in own:
+                if any(_hides_own_files(m[1], path) for m in mounts):
+                    wrapper += ["--keep", path]
             wrapper.append("--")
         self.env = env  # exec probes run with the same environment
         if self.has_run:
             self.status.restart_count += 1
         log_path = worker.log_dir / self.name / f"{self.status.restart_count}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file = log_path
         workdir = self.spec.get("workingDir") or self.entry.working_dir or None
         with open(log_path, "ab") as log_fh:
             try:
@@ -276,7 +327,10 @@ class Container:
             return
         self.proc = None
         reason = "Completed" if code == 0 else "Error"
-        self._terminated(now, _exit_code(code), reason, self.kill_reason)
+        exit_code = _exit_code(code)
+        policy = str(self.spec.get("terminationMessagePolicy") or "File")
+        message = termination_message(self.term_file, self.log_file, policy, exit_code)
+        self._terminated(now, exit_code, reason, message or self.kill_reason)
 
     def _terminated(self, now: float, exit_code: int, reason: str, message: str) -> None:
         worker = self.worker

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -60,8 +61,13 @@ class Story:
     def md(self) -> dict[str, Any]:
         return self.kubectl.get("md", NAME, self.namespace)  # type: ignore[no-any-return]
 
-    def wait_phase(self, phase: str, timeout: float = 120) -> dict[str, Any]:
+    def wait_phase(self, phase: str, timeout: float = 120,
+                   each: Callable[[], None] | None = None) -> dict[str, Any]:
+        """The object once its status reached ``phase`` for its generation; ``each`` runs at
+        each look (to watch pods that will be gone by then)."""
         def reached() -> dict[str, Any] | None:
+            if each is not None:
+                each()
             md = self.md()
             status = md.get("status") or {}
             if status.get("phase") == phase and \

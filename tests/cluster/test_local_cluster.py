@@ -154,6 +154,82 @@ def test_container_that_keeps_exiting_shows_crashloopbackoff_with_rising_restart
     assert last["lastState"]["terminated"]["exitCode"] != 0
 
 
+def test_a_crash_loop_says_why_from_the_logs_tail_with_fallback_to_logs_on_error(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    crasher = pod("crasher-logs", "registry.example.com/slipway/reference-model:1.0.0-missing-dep")
+    crasher["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    kubectl.apply(crasher, namespace)
+
+    def message() -> str:
+        status = container_status(kubectl, namespace, "crasher-logs")
+        for state in (status.get("state") or {}, status.get("lastState") or {}):
+            if (state.get("terminated") or {}).get("message"):
+                return str(state["terminated"]["message"])
+        return ""
+    said = wait_until(message, timeout=60, what="a termination message",
+                      diagnose=lambda: kubectl.describe("pod", "crasher-logs", namespace))
+    # the traceback's last line, as the kubelet takes it from the log's tail
+    assert "ModuleNotFoundError: No module named 'slipway_gpu_kernels'" in said
+    assert len(said.encode()) <= 2048
+
+
+def test_init_containers_run_in_order_share_volumes_and_a_failure_shows_as_init_error(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    def container(name: str, script: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "image": "busybox:1.36", "command": ["sh", "-c", script],
+                "securityContext": CONTAINER_SECURITY,
+                "volumeMounts": [{"name": "shared", "mountPath": "/shared"},
+                                 {"name": "tmp", "mountPath": "/tmp"}], **extra}
+    volumes = [{"name": "shared", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    marker = f"/tmp/slipway-init-{namespace}"
+    good = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "inits"}, "spec": {
+        **copy.deepcopy(RESTRICTED), "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 2, "volumes": volumes,
+        "initContainers": [
+            container("first", "echo one > /shared/order"),
+            container("second", f"echo two >> /shared/order; echo private > {marker}")],
+        # The app container starts only after both, in order; it sees what they wrote in the
+        # emptyDir, and its /tmp is the pod's own (the host's /tmp has no marker)
+        "containers": [container(
+            "main", f"test \"$(tr '\\n' ' ' < /shared/order)\" = 'one two ' && "
+            f"test -f {marker} && exec sleep 600; exit 7")]}}
+    kubectl.apply(good, namespace)
+    wait_until(lambda: container_status(kubectl, namespace, "inits").get("started"),
+               timeout=60, what="the app container started after its init containers",
+               diagnose=lambda: kubectl.describe("pod", "inits", namespace))
+    assert not os.path.exists(marker)
+    inits = kubectl.get("pod", "inits", namespace)["status"]["initContainerStatuses"]
+    assert [s["state"]["terminated"]["reason"] for s in inits] == ["Completed", "Completed"]
+    time.sleep(2)
+    assert container_status(kubectl, namespace, "inits")["restartCount"] == 0
+
+    bad = copy.deepcopy(good)
+    bad["metadata"]["name"] = "init-fails"
+    bad["spec"]["initContainers"] = [container(
+        "fetch", "printf 'ArtifactDigestMismatch: expected sha256:aa, got sha256:bb' "
+        "> /dev/termination-log; echo noise; exit 2"), container("never", "exit 0")]
+    kubectl.apply(bad, namespace)
+
+    def shown() -> str:
+        table = kubectl.run("get", "pod", "init-fails", "-n", namespace, "--no-headers").stdout
+        status = table.split()[2]
+        return status if status in ("Init:Error", "Init:CrashLoopBackOff") else ""
+    wait_until(shown, timeout=60, what="Init:Error or Init:CrashLoopBackOff in kubectl get",
+               diagnose=lambda: kubectl.describe("pod", "init-fails", namespace))
+    obj = kubectl.get("pod", "init-fails", namespace)
+    first, second = obj["status"]["initContainerStatuses"]
+    ended = first["state"].get("terminated") or first["lastState"].get("terminated")
+    assert ended["exitCode"] == 2
+    assert ended["message"] == "ArtifactDigestMismatch: expected sha256:aa, got sha256:bb"
+    assert "terminated" not in second["state"] and not second["lastState"]  # never ran
+    assert obj["status"]["phase"] == "Pending"
+    assert container_status(kubectl, namespace, "init-fails")["state"]["waiting"]["reason"] == \
+        "PodInitializing"
+    assert not os.path.exists("/dev/termination-log")
+
+
 def test_unknown_image_shows_imagepullbackoff(kubectl: Kubectl, namespace: str) -> None:
     kubectl.apply(pod("unknown", "registry.example.com/does-not-exist:9.9"), namespace)
     wait_until(lambda: (container_status(kubectl, namespace, "unknown").get("state") or {})
@@ -222,8 +298,16 @@ def test_a_pre_stop_sleep_keeps_a_deleted_pod_serving_then_it_is_stopped(
     (lambda d: d["metadata"].__setitem__("name", "x" * 70), "metadata.name"),
     (lambda d: d["spec"].__setitem__("rollout", {"maxSurge": 0, "maxUnavailable": 0}),
      "spec.rollout"),
+    (lambda d: d["spec"]["model"].__setitem__("uri", "s3://models/iris/"), "spec.model.digest"),
+    (lambda d: d["spec"]["model"].__setitem__("credentialsSecret", "keys"),
+     "spec.model.credentialsSecret"),
+    (lambda d: (d["spec"]["model"].update(uri="https://m.example/m.pkl",
+                                          insecureSkipDigest=True),
+                d["spec"]["runtime"].__setitem__("env", [{"name": "MODEL_PATH", "value": "/"}])),
+     "spec.runtime.env"),
 ], ids=["absolute-path-cel", "digest-cel", "port-openapi", "duplicate-names-cel",
-        "status-code-cel", "unknown-field", "long-name-cel", "surge-unavailable-cel"])
+        "status-code-cel", "unknown-field", "long-name-cel", "surge-unavailable-cel",
+        "fetched-without-digest-cel", "credentials-for-file-cel", "model-path-cel"])
 def test_server_side_validation_rejects_invalid_model_deployments_naming_the_field(
     kubectl: Kubectl, crd: str, namespace: str, mutate: Any, field: str
 ) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from slipway.clients import artifacts
+from slipway.logic import artifact
 from tests.unit.test_digest import tree
 
 
@@ -144,9 +145,13 @@ def test_an_s3_prefix_is_fetched_as_a_folder_with_the_digest_slipway_digest_give
     assert (dest / "artifact" / "Ω données" / "étiquettes é.txt").read_text() == \
         (source / "Ω données" / "étiquettes é.txt").read_text()
     assert (dest / "artifact" / "weights" / "empty.bin").read_bytes() == b""
-    # the same prefix without its slash is the same folder
-    again = artifacts.fetch("s3://models/iris/1.0.0", tmp_path / "again", expected)
-    assert again.digest == expected and again.files == 6
+    # without its slash the URI names one object, which is not there: said, with the hint
+    with pytest.raises(artifacts.FetchError) as caught:
+        artifacts.fetch("s3://models/iris/1.0.0", tmp_path / "again", expected)
+    assert "no such object (a folder's URI ends with /)" in str(caught.value)
+    assert not (tmp_path / "again" / "artifact").exists()
+    # the layout the renderer announces (MODEL_PATH) is where the files are
+    assert artifact.model_path("s3://models/iris/1.0.0/") == "/mnt/models/artifact"
     assert "s3cr3t-never-shown" not in done.stderr
 
 
@@ -163,7 +168,11 @@ def test_an_s3_object_is_a_file_and_a_missing_one_fails(s3_env: dict[str, str],
     with pytest.raises(artifacts.FetchError) as caught:
         artifacts.fetch("s3://single/nothing/here", tmp_path / "n", expected)
     assert caught.value.reason == artifacts.FETCH_FAILED
-    assert "s3://single/nothing/here: no object there" in str(caught.value)
+    assert "s3://single/nothing/here: no such object" in str(caught.value)
+    assert artifact.model_path("s3://single/a/model.onnx") == "/mnt/models/artifact/model.onnx"
+    with pytest.raises(artifacts.FetchError) as caught:
+        artifacts.fetch("s3://single/empty/", tmp_path / "e", expected)
+    assert "s3://single/empty/: no object under this prefix" in str(caught.value)
 
 
 def test_a_hostile_object_key_cannot_leave_the_folder(s3_env: dict[str, str],

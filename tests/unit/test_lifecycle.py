@@ -359,3 +359,55 @@ def test_every_phase_a_decision_enters_is_a_kill_point() -> None:
     source = (pathlib.Path(lifecycle.__file__)).read_text()
     decided = set(re.findall(r'phase="(\w+)"', source))
     assert decided == set(lifecycle.DECIDED_PHASES)
+
+
+def fetching_pod(name: str, state: dict[str, Any], last: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    init = {"name": "fetch-model", "image": "op:1", "restartCount": 1 if last else 0,
+            "state": state, "lastState": {"terminated": last} if last else {}}
+    server = {"name": "model-server", "image": "img:2", "restartCount": 0,
+              "state": {"waiting": {"reason": "PodInitializing"}}}
+    return {"metadata": {"name": name, "labels": {"slipway.dev/revision": "d2"},
+                         "creationTimestamp": "2026-11-25T17:00:00Z"},
+            "status": {"initContainerStatuses": [init], "containerStatuses": [server]}}
+
+
+MISMATCH = ("ArtifactDigestMismatch: s3://models/iris/1.0.0/: expected sha256:" + "a" * 64 +
+            ", got sha256:" + "b" * 64)
+
+
+def test_a_digest_mismatch_fails_at_the_first_exit_naming_both_digests() -> None:
+    pods = [fetching_pod("a", {"terminated": {"exitCode": 2, "reason": "Error",
+                                              "message": MISMATCH + "\n"}})]
+    check = lifecycle.check_pods(pods, "d2", NOW)
+    assert check.problem is not None
+    assert check.problem.reason == lifecycle.ARTIFACT_DIGEST_MISMATCH
+    assert check.problem.message == ("pod a: the artifact fetch failed: s3://models/iris/1.0.0/:"
+                                     f" expected sha256:{'a' * 64}, got sha256:{'b' * 64}")
+    # seen as well once the init container waits to be started again (Init:CrashLoopBackOff)
+    waiting = [fetching_pod("a", {"waiting": {"reason": "CrashLoopBackOff"}},
+                            last={"exitCode": 2, "message": MISMATCH})]
+    assert lifecycle.check_pods(waiting, "d2", NOW).problem == check.problem
+
+
+def test_a_fetch_that_fails_without_saying_why_is_a_fetch_failure_with_the_logs_tail() -> None:
+    pods = [fetching_pod("a", {"running": {}}, last={
+        "exitCode": 137, "message": "Traceback ...\nMemoryError"})]
+    check = lifecycle.check_pods(pods, "d2", NOW)
+    assert check.problem is not None
+    assert check.problem.reason == lifecycle.ARTIFACT_FETCH_FAILED
+    assert check.problem.message.endswith("exit code 137: Traceback ...\nMemoryError")
+
+
+def test_a_fetch_that_succeeded_or_still_runs_is_no_problem() -> None:
+    running = [fetching_pod("a", {"running": {}})]
+    done = [fetching_pod("a", {"terminated": {"exitCode": 0, "reason": "Completed"}})]
+    assert lifecycle.check_pods(running, "d2", NOW).problem is None
+    assert lifecycle.check_pods(done, "d2", NOW).problem is None
+
+
+def test_an_init_container_that_cannot_be_pulled_fails_the_release() -> None:
+    pod = fetching_pod("a", {"waiting": {"reason": "ImagePullBackOff", "message": "no"}})
+    check = lifecycle.check_pods([pod], "d2", NOW)
+    assert check.problem is not None and check.problem.reason == "ImagePullFailed"
+    assert "op:1" in check.problem.message

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import pathlib
 
 import pytest
@@ -245,6 +246,31 @@ def test_container_mounts_name_their_folders_and_refuse_unknown_volumes() -> Non
         podlogic.container_mounts({"volumeMounts": [{"name": "tmp", "mountPath": "x"}]}, dirs)
 
 
+def test_the_termination_message_is_the_file_else_the_logs_tail_on_failure(
+        tmp_path: pathlib.Path) -> None:
+    from slipway_dev import nodeagent
+
+    term, log = tmp_path / "termination-log", tmp_path / "0.log"
+    lines = [f"line {i}" for i in range(200)]
+    log.write_text("\n".join([*lines, "ModuleNotFoundError: No module named 'sklearn'"]) + "\n")
+    term.write_bytes(b"")
+    fallback = "FallbackToLogsOnError"
+    tail = nodeagent.termination_message(term, log, fallback, 1)
+    # the kubelet's bounds: the last 80 lines, at most 2048 bytes
+    assert tail.endswith("ModuleNotFoundError: No module named 'sklearn'\n")
+    assert len(tail.encode()) <= 2048 and len(tail.splitlines()) <= 80
+    assert "line 120" not in tail and "line 199" in tail
+    # the file wins when the container wrote one (cut at 4096 bytes); no log on success or
+    # with the File policy
+    term.write_text("ArtifactDigestMismatch: " + "x" * 5000)
+    assert nodeagent.termination_message(term, log, fallback, 2) == \
+        ("ArtifactDigestMismatch: " + "x" * 5000)[:4096]
+    term.write_bytes(b"")
+    assert nodeagent.termination_message(term, log, fallback, 0) == ""
+    assert nodeagent.termination_message(term, log, "File", 1) == ""
+    assert nodeagent.termination_message(None, None, fallback, 1) == ""
+
+
 def test_a_volume_is_not_mounted_over_the_machines_own_interpreter_or_checkout() -> None:
     import sys
 
@@ -255,3 +281,41 @@ def test_a_volume_is_not_mounted_over_the_machines_own_interpreter_or_checkout()
     assert nodeagent._hides_own_files(sys.prefix)
     assert nodeagent._hides_own_files("/tmp", "/tmp/work")  # the container's working folder
     assert not nodeagent._hides_own_files("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root (as the node agent's "
+                    "network-namespace mode does)")
+def test_a_container_gets_its_own_dev_its_volumes_and_keeps_the_checkout_visible(
+        tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    from slipway_dev import nodeagent
+
+    volume = tmp_path / "tmp-volume"
+    volume.mkdir()
+    (volume / "inside.txt").write_text("from the volume")
+    term = tmp_path / "termination-log"
+    term.write_bytes(b"")
+    checkout = str(pathlib.Path(nodeagent.__file__).resolve().parents[2])
+    script = ("cat /tmp/inside.txt; echo; test -d " + checkout + " && echo checkout-visible; "
+              "echo nothing > /dev/null && echo dev-null; head -c 4 /dev/urandom | wc -c; "
+              "test -d /dev/shm && echo shm; ls /dev | tr '\\n' ' '; echo; "
+              "printf 'ArtifactFetchFailed: x' > /dev/termination-log")
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-I", "-m",
+         "slipway_dev.mountns", "--dev", "--bind", str(volume), "/tmp",
+         "--bind", str(term), "/dev/termination-log", "--keep", checkout,
+         "--", "sh", "-c", script],
+        capture_output=True, text=True, timeout=30, cwd=checkout,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(pathlib.Path(checkout) / "operator")})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert out[:5] == ["from the volume", "checkout-visible", "dev-null", "4", "shm"]
+    assert set(out[5].split()) == {"null", "zero", "full", "random", "urandom", "tty", "shm",
+                                   "pts", "fd", "stdin", "stdout", "stderr", "ptmx",
+                                   "termination-log"}
+    assert term.read_text() == "ArtifactFetchFailed: x"
+    # nothing of it reached the host
+    assert not os.path.exists("/dev/termination-log")
+    assert not (pathlib.Path("/tmp") / "inside.txt").exists()

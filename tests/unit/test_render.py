@@ -171,3 +171,66 @@ def test_reference_example_carries_the_bundles_own_contract() -> None:
     for side in ("input", "output"):
         bundle = json.loads((EXAMPLES / "bundle" / "schemas" / f"{side}.schema.json").read_text())
         assert spec["schema"][side] == bundle, f"examples/reference.yaml schema.{side} drifted"
+
+
+def _fetched(uri: str, **model: Any) -> dict[str, Any]:
+    doc = load("minimal.yaml")
+    doc["spec"]["model"].update(uri=uri, **model)
+    return doc
+
+
+def test_a_fetched_artifact_gets_an_init_container_of_the_operators_image() -> None:
+    digest = "sha256:" + "ab" * 32
+    out = rendered(_fetched("s3://models/iris/1.0.0/", digest=digest,
+                            credentialsSecret="iris-s3"), fetcher_image="reg.example/op:9")
+    pod = out.deployment["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    assert fetch["name"] == render.FETCH_CONTAINER and fetch["image"] == "reg.example/op:9"
+    assert fetch["args"] == ["fetch", "--dest", "/mnt/models", "--termination-log",
+                             "/dev/termination-log"]
+    assert fetch["env"] == [{"name": "MODEL_URI", "value": "s3://models/iris/1.0.0/"},
+                            {"name": "MODEL_DIGEST", "value": digest}]
+    # the credentials reach the fetcher only: never the model server
+    assert fetch["envFrom"] == [{"secretRef": {"name": "iris-s3"}}]
+    server = pod["containers"][0]
+    assert "iris-s3" not in str(server)
+    assert {"name": "MODEL_PATH", "value": "/mnt/models/artifact"} in server["env"]
+    # written by the fetcher, read-only for the server
+    assert {"name": "model", "mountPath": "/mnt/models"} in fetch["volumeMounts"]
+    assert {"name": "model", "mountPath": "/mnt/models", "readOnly": True} in \
+        server["volumeMounts"]
+    assert {"name": "model", "emptyDir": {}} in pod["volumes"]
+    assert fetch["securityContext"] == server["securityContext"]
+    assert fetch["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # the fetcher's image is part of what the pods are: a new one is a new revision
+    again = rendered(_fetched("s3://models/iris/1.0.0/", digest=digest,
+                              credentialsSecret="iris-s3"), fetcher_image="reg.example/op:10")
+    assert again.revision != out.revision
+
+
+@pytest.mark.parametrize(("uri", "path"), [
+    ("https://models.example/iris/1.0.0/model.joblib", "/mnt/models/artifact/model.joblib"),
+    ("http://models.example/iris/", "/mnt/models/artifact/model"),
+    ("s3://models/iris/1.0.0/model.json", "/mnt/models/artifact/model.json"),
+    ("s3://models/iris/1.0.0/", "/mnt/models/artifact"),
+    ("s3://models", "/mnt/models/artifact"),
+])
+def test_model_path_says_where_the_fetched_file_or_folder_is(uri: str, path: str) -> None:
+    out = rendered(_fetched(uri, insecureSkipDigest=True))
+    pod = out.deployment["spec"]["template"]["spec"]
+    assert {"name": "MODEL_PATH", "value": path} in pod["containers"][0]["env"]
+    assert pod["initContainers"][0]["args"][-1] == "--no-verify"
+    assert not any(e["name"] == "MODEL_DIGEST" for e in pod["initContainers"][0]["env"])
+
+
+def test_a_model_slipway_does_not_fetch_renders_as_before() -> None:
+    pod = rendered(load("minimal.yaml")).deployment["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert not any(e["name"] == "MODEL_PATH" for e in pod["containers"][0]["env"])
+
+
+def test_a_fetching_pod_passes_the_schemas_and_restricted_pod_security() -> None:
+    out = rendered(_fetched("https://m.example/m.pkl", digest="sha256:" + "0" * 64))
+    kubernetes_validate.validate(out.deployment, K8S_SCHEMA_VERSION, strict=True)
+    assert pss.violations(out.deployment["spec"]["template"]["spec"]) == []

@@ -39,7 +39,7 @@ GOOD_ANSWER = {"predictions": [{"label": "setosa", "score": 0.97}]}
 def make_spec(*tests: dict[str, Any], timeout: int = 2, attempts: int = 3
               ) -> models.ModelDeploymentSpec:
     return models.ModelDeploymentSpec.model_validate({
-        "model": {"name": "iris", "version": "1.0.0", "uri": "s3://models/iris/1.0.0"},
+        "model": {"name": "iris", "version": "1.0.0", "uri": "file:///models/iris/1.0.0"},
         "runtime": {"image": "ghcr.io/slipway/sklearn-server:1.0"},
         "schema": {"input": INPUT, "output": OUTPUT},
         "smokeTests": list(tests),

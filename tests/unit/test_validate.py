@@ -130,6 +130,27 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
      "spec.smokeTests[1].body", "GET"),
     ("forbidden-header", _set("spec.smokeTests.0.headers", {"Host": "evil.example"}),
      "spec.smokeTests[0].headers", "HTTP client"),
+    ("fetched-artifact-without-digest", _set("spec.model.uri", "https://models.example/m.pkl"),
+     "spec.model", "digest: required for an artifact Slipway fetches"),
+    ("s3-artifact-without-digest", _set("spec.model.uri", "s3://models/iris/1.0.0/"),
+     "spec.model", "insecureSkipDigest: true to fetch it unchecked"),
+    ("digest-and-skip", lambda doc: doc["spec"]["model"].update(
+        uri="s3://models/iris/", digest="sha256:" + "a" * 64, insecureSkipDigest=True),
+     "spec.model", "not both"),
+    ("skip-digest-for-a-file-uri", _set("spec.model.insecureSkipDigest", True),
+     "spec.model", "insecureSkipDigest: for an artifact Slipway fetches"),
+    ("credentials-for-a-file-uri", _set("spec.model.credentialsSecret", "s3-keys"),
+     "spec.model", "credentialsSecret: for an artifact Slipway fetches"),
+    ("credentials-secret-bad-name", lambda doc: doc["spec"]["model"].update(
+        uri="s3://models/iris/", insecureSkipDigest=True, credentialsSecret="Keys_1"),
+     "spec.model.credentialsSecret", "pattern"),
+    ("s3-without-bucket", lambda doc: doc["spec"]["model"].update(
+        uri="s3:///iris/model.pkl", digest="sha256:" + "a" * 64),
+     "spec.model", "names no bucket"),
+    ("model-path-for-a-fetched-artifact", lambda doc: (
+        doc["spec"]["model"].update(uri="https://m.example/m.pkl", digest="sha256:" + "a" * 64),
+        doc["spec"]["runtime"].update(env=[{"name": "MODEL_PATH", "value": "/x"}])),
+     "spec", "MODEL_PATH is set by Slipway"),
 ]
 
 

@@ -44,6 +44,12 @@ ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 IMAGE_REF = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"  # noqa: E501
 URI = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
 DIGEST = r"^sha256:[a-f0-9]{64}$"
+# A spec.model.uri that Slipway fetches in an init container (checked against its digest);
+# any other scheme (file://, an image-baked model) is left to the model server, as before.
+FETCHED_URI = r"^([hH][tT][tT][pP][sS]?|[sS]3)://"
+FETCHED_SCHEMES_SHOWN = "http://, https:// and s3://"
+# Where a fetched artifact is (the init container's emptyDir, read-only for the model server).
+MODEL_MOUNT = "/mnt/models"
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 HEADER_VALUE = r"^[\t\x20-\x7e]*$"  # printable ASCII and tab: no CR, LF or NUL
 JSON_PATH = r"^\$((\.[A-Za-z_][A-Za-z0-9_-]*)|(\[[0-9]+\]))*$"
@@ -288,11 +294,16 @@ class ModelRef(Base):
         description="Model version; becomes the app.kubernetes.io/version label."
     )
     uri: Annotated[str, Field(max_length=2048, pattern=URI)] = Field(
-        description="Where the runtime loads the artifact from (passed as MODEL_URI)."
+        description="Where the artifact is (passed as MODEL_URI). http(s):// and s3:// are "
+        f"fetched by Slipway before the server starts, into {MODEL_MOUNT} (MODEL_PATH), and "
+        "checked against the digest; an s3:// URI ending in / is a folder. Any other scheme "
+        "(file://, a model baked into the image) is the model server's to load."
     )
     digest: Annotated[str, Field(max_length=71)] | None = Field(
         default=None,
-        description="Expected artifact digest, sha256:<64 lowercase hex> (passed as MODEL_DIGEST).",
+        description="Expected artifact digest, sha256:<64 lowercase hex> (passed as "
+        "MODEL_DIGEST): a file's sha256, or a folder's manifest's (`slipway digest PATH`). "
+        "Required for a fetched artifact unless insecureSkipDigest is true.",
         json_schema_extra=_extra(
             x_kubernetes_validations=[
                 cel("self.matches('^sha256:[a-f0-9]{64}$')",
@@ -300,6 +311,32 @@ class ModelRef(Base):
             ]
         ),
     )
+    insecure_skip_digest: bool | None = Field(
+        default=None,
+        description="Fetch the artifact without checking it (no digest): an explicit opt-out, "
+        "for a fetched URI only.",
+    )
+    credentials_secret: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = (
+        Field(default=None, description="A Secret in the ModelDeployment's namespace whose keys "
+              "become the fetcher's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+              "AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL). Only the init container sees "
+              "it: never the operator, never the model server. For a fetched URI only."))
+
+    model_config = pydantic.ConfigDict(json_schema_extra=_extra(x_kubernetes_validations=[
+        cel(f"!self.uri.matches({cel_string(FETCHED_URI)}) || has(self.digest) || "
+            "(has(self.insecureSkipDigest) && self.insecureSkipDigest)",
+            f"a digest is required for an artifact Slipway fetches ({FETCHED_SCHEMES_SHOWN}): "
+            "set digest (slipway digest PATH), or insecureSkipDigest: true to fetch it "
+            "unchecked", field_path=".digest"),
+        cel("!(has(self.digest) && has(self.insecureSkipDigest) && self.insecureSkipDigest)",
+            "set digest or insecureSkipDigest: true, not both", field_path=".insecureSkipDigest"),
+        cel(f"self.uri.matches({cel_string(FETCHED_URI)}) || !has(self.insecureSkipDigest)",
+            f"insecureSkipDigest is for an artifact Slipway fetches ({FETCHED_SCHEMES_SHOWN})",
+            field_path=".insecureSkipDigest"),
+        cel(f"self.uri.matches({cel_string(FETCHED_URI)}) || !has(self.credentialsSecret)",
+            f"credentialsSecret is for an artifact Slipway fetches ({FETCHED_SCHEMES_SHOWN})",
+            field_path=".credentialsSecret"),
+    ]))
 
     @pydantic.field_validator("digest")
     @classmethod
@@ -307,6 +344,31 @@ class ModelRef(Base):
         if value is not None and not re.match(DIGEST, value):
             raise ValueError("digest must be sha256: followed by 64 lowercase hex characters")
         return value
+
+    @property
+    def fetched(self) -> bool:
+        """Whether Slipway fetches this artifact (an init container) before the server starts."""
+        return re.match(FETCHED_URI, self.uri) is not None
+
+    @pydantic.model_validator(mode="after")
+    def _digest_policy(self) -> ModelRef:
+        shown = FETCHED_SCHEMES_SHOWN
+        if self.fetched:
+            if self.digest is None and not self.insecure_skip_digest:
+                raise ValueError(f"digest: required for an artifact Slipway fetches ({shown}): "
+                                 "set digest (slipway digest PATH), or insecureSkipDigest: true "
+                                 "to fetch it unchecked")
+            if self.digest is not None and self.insecure_skip_digest:
+                raise ValueError("insecureSkipDigest: set digest or insecureSkipDigest: true, "
+                                 "not both")
+            if self.uri.lower().startswith("s3://") and self.uri[5:].split("/", 1)[0] == "":
+                raise ValueError(f"uri: {self.uri!r} names no bucket (s3://BUCKET/KEY)")
+        else:
+            if self.insecure_skip_digest is not None:
+                raise ValueError(f"insecureSkipDigest: for an artifact Slipway fetches ({shown})")
+            if self.credentials_secret is not None:
+                raise ValueError(f"credentialsSecret: for an artifact Slipway fetches ({shown})")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -987,7 +1049,18 @@ class ModelDeploymentSpec(Base):
     model_config = pydantic.ConfigDict(json_schema_extra=_extra(x_kubernetes_validations=[
         cel("!has(self.agreement) || !has(self.agreement.tests) || "
             "self.agreement.tests.all(n, self.smokeTests.exists(t, t.name == n))",
-            "agreement.tests must name smoke tests of spec.smokeTests")]))
+            "agreement.tests must name smoke tests of spec.smokeTests"),
+        cel(f"!self.model.uri.matches({cel_string(FETCHED_URI)}) || !has(self.runtime.env) || "
+            "self.runtime.env.all(e, e.name != 'MODEL_PATH')",
+            "MODEL_PATH is set by Slipway for an artifact it fetches (the file or folder under "
+            f"{MODEL_MOUNT})", field_path=".runtime.env")]))
+
+    @pydantic.model_validator(mode="after")
+    def _model_path_is_ours(self) -> ModelDeploymentSpec:
+        if self.model.fetched and any(var.name == "MODEL_PATH" for var in self.runtime.env):
+            raise ValueError("runtime.env: MODEL_PATH is set by Slipway for an artifact it "
+                             f"fetches (the file or folder under {MODEL_MOUNT})")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _agreement_tests_exist(self) -> ModelDeploymentSpec:

@@ -19,7 +19,7 @@ import shutil
 import stat
 import urllib.parse
 
-from slipway.logic import digest
+from slipway.logic import artifact, digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +78,8 @@ FETCHED_SCHEMES = ("http", "https", "s3")
 # The reasons a fetch fails with: the first word of the termination message.
 DIGEST_MISMATCH = "ArtifactDigestMismatch"
 FETCH_FAILED = "ArtifactFetchFailed"
-ARTIFACT = "artifact"  # under the destination: the file, or the folder of an s3 prefix
-RECORD = "verified.json"  # under the destination: what was fetched and checked
+ARTIFACT = artifact.ARTIFACT
+RECORD = artifact.RECORD
 CHUNK = 1 << 20
 
 
@@ -103,18 +103,21 @@ def shown(uri: str) -> str:
 
 
 def fetched_by_slipway(uri: str) -> bool:
-    return urllib.parse.urlsplit(uri).scheme.lower() in FETCHED_SCHEMES
+    return artifact.fetched(uri)
 
 
 def _http(uri: str, into: pathlib.Path, timeout: float) -> pathlib.Path:
     import httpx  # only here: the operator never downloads artifacts itself
 
-    name = pathlib.PurePosixPath(urllib.parse.urlsplit(uri).path).name or "model"
+    name = artifact.file_name(uri)
     digest.check_name(name)
     target = into / name
     try:
-        with httpx.stream("GET", uri, timeout=timeout, follow_redirects=True,
-                          trust_env=False) as answer:
+        # Connection failures are tried twice more at once (a pod network that comes up a
+        # moment late); an answer that is not 200 is final.
+        with httpx.Client(transport=httpx.HTTPTransport(retries=2), timeout=timeout,
+                          follow_redirects=True, trust_env=False) as client, \
+                client.stream("GET", uri) as answer:
             if answer.status_code != 200:
                 raise FetchError(FETCH_FAILED, f"{shown(uri)}: HTTP {answer.status_code}")
             with open(target, "xb") as out:
@@ -127,31 +130,34 @@ def _http(uri: str, into: pathlib.Path, timeout: float) -> pathlib.Path:
 
 
 def _s3(uri: str, into: pathlib.Path) -> pathlib.Path | None:
-    """An object, or every object under a prefix (a folder), with boto3: credentials, region
-    and endpoint from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    AWS_REGION, AWS_ENDPOINT_URL), as the pod's Secret reference sets them. The file's path,
-    or None for a folder."""
+    """One object (``s3://bucket/key``), or every object under a prefix (``s3://bucket/prefix/``,
+    a folder), with boto3: credentials, region and endpoint from the environment
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+    AWS_ENDPOINT_URL), as the pod's Secret reference sets them. The file's path, or None for a
+    folder."""
     import boto3
+    import botocore.config
     import botocore.exceptions
 
     parts = urllib.parse.urlsplit(uri)
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if not bucket:
         raise FetchError(FETCH_FAILED, f"{shown(uri)}: no bucket")
-    client = boto3.client("s3")
+    # A few quick retries: an endpoint that does not answer fails the release in seconds
+    client = boto3.client("s3", config=botocore.config.Config(
+        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30))
     try:
-        if key and not key.endswith("/"):
+        if not artifact.is_folder(uri):
+            name = artifact.file_name(uri)
+            digest.check_name(name)
             try:
-                client.head_object(Bucket=bucket, Key=key)
-            except botocore.exceptions.ClientError as error:
-                if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
-                    raise
-            else:  # one object: a file
-                name = pathlib.PurePosixPath(key).name
-                digest.check_name(name)
                 client.download_file(bucket, key, str(into / name))
-                return into / name
-            key += "/"
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                    raise FetchError(FETCH_FAILED, f"{shown(uri)}: no such object (a folder's "
+                                     "URI ends with /)") from None
+                raise
+            return into / name
         count = 0
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
             for item in page.get("Contents") or []:
@@ -163,7 +169,7 @@ def _s3(uri: str, into: pathlib.Path) -> pathlib.Path | None:
                 client.download_file(bucket, item["Key"], str(into / relative))
                 count += 1
         if count == 0:
-            raise FetchError(FETCH_FAILED, f"{shown(uri)}: no object there")
+            raise FetchError(FETCH_FAILED, f"{shown(uri)}: no object under this prefix")
         return None
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
         raise FetchError(FETCH_FAILED, f"{shown(uri)}: {type(error).__name__}: "

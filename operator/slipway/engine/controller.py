@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -51,6 +52,21 @@ CRASH_AFTER_ENV = "SLIPWAY_CRASH_AFTER"
 # How often a ChildConflict is looked at again (the stranger may have been removed).
 CONFLICT_RECHECK_SECONDS = 30.0
 SMOKE_ROUTE_ENV = "SLIPWAY_SMOKE_ROUTE"  # auto (default), direct, or proxy
+# The image of the init container that fetches an artifact: the operator's own, as the
+# manifests and the chart set it (render.DEFAULT_FETCHER_IMAGE when unset).
+FETCHER_IMAGE_ENV = "SLIPWAY_FETCHER_IMAGE"
+
+
+def fetcher_image() -> str:
+    return os.environ.get(FETCHER_IMAGE_ENV) or render.DEFAULT_FETCHER_IMAGE
+
+
+def fetcher_image_problem() -> str | None:
+    """Checked once at start: a bad image would fail every fetched release's pods."""
+    image = fetcher_image()
+    if len(image) > 512 or not re.fullmatch(models.IMAGE_REF, image):
+        return f"{FETCHER_IMAGE_ENV}={image!r} is not an image reference"
+    return None
 
 
 Event = lifecycle.Event
@@ -566,7 +582,8 @@ _HISTORY_REASONS = {
     lifecycle.ROLLBACK_FAILED: "RollbackFailed", lifecycle.SMOKE_TEST_FAILED: "Failed",
     lifecycle.DEADLINE: "Failed", lifecycle.CRASH_LOOP: "Failed",
     lifecycle.IMAGE_PULL_FAILED: "Failed", lifecycle.SMOKE_TESTS_NOT_RUN: "Failed",
-    lifecycle.PREDICTIONS_DISAGREE: "Failed",
+    lifecycle.PREDICTIONS_DISAGREE: "Failed", lifecycle.ARTIFACT_DIGEST_MISMATCH: "Failed",
+    lifecycle.ARTIFACT_FETCH_FAILED: "Failed",
 }
 
 
@@ -641,7 +658,7 @@ class Reconciler:
                  on_verdict: Callable[[], None] | None = None) -> None:
         self.body = body
         self.conflict_recheck = conflict_recheck
-        self.meta = render.Meta.from_body(body)
+        self.meta = render.Meta.from_body(body, fetcher_image())
         self.written = dict(body.get("status") or {})
         # The object's resourceVersion as of what this reconcile knows: the copy it started
         # from, then the answer to each of its own status writes.

@@ -140,6 +140,11 @@ def run(*, namespaces: list[str], liveness: str, standalone: bool, verbose: bool
         lease_name: str = "slipway-operator", identity: str | None = None,
         log_format: str = "text") -> int:
     logs.check(log_format)
+    from slipway.engine import controller
+
+    problem = controller.fetcher_image_problem()
+    if problem:
+        raise SystemExit(f"slipway: {problem}")
     timing = election_timing() if leader_elect else None
     if timing is not None:
         check_lease_names(lease_namespace(lease_ns), lease_name)

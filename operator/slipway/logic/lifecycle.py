@@ -40,6 +40,10 @@ PREDICTIONS_DISAGREE = "PredictionsDisagree"  # a new pod's answers differ from 
 DEADLINE = "ProgressDeadlineExceeded"
 CRASH_LOOP = "CrashLoop"
 IMAGE_PULL_FAILED = "ImagePullFailed"
+# The fetch init container's failures (the first word of its termination message)
+ARTIFACT_DIGEST_MISMATCH = "ArtifactDigestMismatch"
+ARTIFACT_FETCH_FAILED = "ArtifactFetchFailed"
+FETCH_CONTAINER = "fetch-model"  # render.FETCH_CONTAINER
 ROLLING_BACK = "RollingBack"
 ROLLED_BACK = "RolledBack"
 ROLLBACK_FAILED = "RollbackFailed"
@@ -57,7 +61,7 @@ Outcome = Literal["Passed", "Failed", "Error"]
 
 @dataclasses.dataclass(frozen=True)
 class PodProblem:
-    reason: str  # CRASH_LOOP or IMAGE_PULL_FAILED
+    reason: str  # CRASH_LOOP, IMAGE_PULL_FAILED or an ARTIFACT_* reason
     message: str
 
 
@@ -545,15 +549,45 @@ class PodCheck:
     recheck_after: float | None = None
 
 
+def fetch_failure(pod: dict[str, Any]) -> PodProblem | None:
+    """The fetch init container's failure, from its first non-zero exit on (no waiting for a
+    crash loop: a digest that does not match will not match on a retry, and an artifact that
+    cannot be fetched fails the release in seconds rather than at the progress deadline)."""
+    for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if status.get("name") != FETCH_CONTAINER:
+            continue
+        for state in (status.get("state") or {}, status.get("lastState") or {}):
+            ended = state.get("terminated") or {}
+            if not ended or int(ended.get("exitCode") or 0) == 0:
+                continue
+            message = str(ended.get("message") or "").strip()
+            first = message.split(":", 1)[0]
+            if first in (ARTIFACT_DIGEST_MISMATCH, ARTIFACT_FETCH_FAILED):
+                reason, detail = first, message.split(":", 1)[1].strip()
+            else:
+                reason = ARTIFACT_FETCH_FAILED
+                detail = f"exit code {ended.get('exitCode')}" + \
+                    (f": {message[-300:]}" if message else "")
+            return PodProblem(reason, f"pod {pod['metadata']['name']}: the artifact fetch "
+                              f"failed: {detail[:700]}")
+    return None
+
+
 def check_pods(pods: list[dict[str, Any]], revision: str, now: float) -> PodCheck:
-    """Look at the pods of ``revision`` for a crash loop or an image that cannot be pulled."""
+    """Look at the pods of ``revision`` for a failed artifact fetch, a crash loop or an image
+    that cannot be pulled (init containers and containers alike)."""
     recheck: float | None = None
     for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
         meta = pod["metadata"]
         if (meta.get("labels") or {}).get("slipway.dev/revision") != revision or \
                 meta.get("deletionTimestamp"):
             continue
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        fetch = fetch_failure(pod)
+        if fetch is not None:
+            return PodCheck(fetch)
+        pod_status = pod.get("status") or {}
+        for status in [*(pod_status.get("initContainerStatuses") or []),
+                       *(pod_status.get("containerStatuses") or [])]:
             waiting = (status.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
             restarts = int(status.get("restartCount") or 0)

@@ -12,7 +12,9 @@ import hashlib
 import json
 from typing import Any
 
+from slipway import __version__
 from slipway.api import models
+from slipway.logic import artifact
 
 CONTAINER_NAME = "model-server"
 PORT_NAME = "http"
@@ -31,6 +33,14 @@ ANNOTATION_GENERATION = "slipway.dev/generation"
 ANNOTATION_MODEL_URI = "slipway.dev/model-uri"
 
 TMP_VOLUME = "tmp"
+MODEL_VOLUME = "model"  # the fetched artifact: written by the init container, read by the server
+FETCH_CONTAINER = "fetch-model"
+# The operator's own image runs `slipway fetch` (no second image to maintain). The operator
+# takes it from SLIPWAY_FETCHER_IMAGE, which the manifests and the chart set to the image they
+# run; this default is the image of this very version.
+DEFAULT_FETCHER_IMAGE = f"ghcr.io/slipway-dev/slipway-operator:{__version__}"
+TERMINATION_LOG = "/dev/termination-log"
+FETCH_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
 GATE = "slipway.dev/verified"  # the pod condition behind every rendered pod's readiness gate
 
 
@@ -42,15 +52,17 @@ class Meta:
     namespace: str
     uid: str | None = None
     generation: int | None = None
+    fetcher_image: str = DEFAULT_FETCHER_IMAGE  # the init container's, for a fetched artifact
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> Meta:
+    def from_body(cls, body: dict[str, Any], fetcher_image: str = DEFAULT_FETCHER_IMAGE) -> Meta:
         meta = body.get("metadata") or {}
         return cls(
             name=meta["name"],
             namespace=meta.get("namespace") or "default",
             uid=meta.get("uid"),
             generation=meta.get("generation"),
+            fetcher_image=fetcher_image,
         )
 
 
@@ -120,6 +132,8 @@ def _env(spec: models.ModelDeploymentSpec) -> list[dict[str, Any]]:
     ]
     if spec.model.digest:
         env.append({"name": "MODEL_DIGEST", "value": spec.model.digest})
+    if spec.model.fetched:
+        env.append({"name": "MODEL_PATH", "value": artifact.model_path(spec.model.uri)})
     env.append({"name": "PORT", "value": str(spec.runtime.port)})
     env.extend(_dump(var) for var in spec.runtime.env)
     return env
@@ -129,6 +143,39 @@ def _resources(spec: models.ModelDeploymentSpec) -> dict[str, Any]:
     if spec.runtime.resources is None:
         return {}
     return _dump(spec.runtime.resources)
+
+
+def _security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def render_fetch_container(spec: models.ModelDeploymentSpec, image: str) -> dict[str, Any]:
+    """The init container that fetches a fetched artifact and checks its digest: the
+    operator's own image running `slipway fetch`. On failure its termination message starts
+    with ArtifactFetchFailed or ArtifactDigestMismatch, which the operator reports."""
+    env = [{"name": "MODEL_URI", "value": spec.model.uri}]
+    if spec.model.digest:
+        env.append({"name": "MODEL_DIGEST", "value": spec.model.digest})
+    args = ["fetch", "--dest", models.MODEL_MOUNT, "--termination-log", TERMINATION_LOG]
+    if spec.model.insecure_skip_digest:
+        args.append("--no-verify")
+    container: dict[str, Any] = {"name": FETCH_CONTAINER, "image": image, "args": args,
+                                 "env": env}
+    if spec.model.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
+    container["resources"] = json.loads(json.dumps(FETCH_RESOURCES))
+    container["securityContext"] = _security_context()
+    container["volumeMounts"] = [{"name": MODEL_VOLUME, "mountPath": models.MODEL_MOUNT},
+                                 {"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    container["imagePullPolicy"] = "IfNotPresent"
+    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    return container
 
 
 def render_container(spec: models.ModelDeploymentSpec) -> dict[str, Any]:
@@ -146,14 +193,11 @@ def render_container(spec: models.ModelDeploymentSpec) -> dict[str, Any]:
     container["readinessProbe"] = _probe(spec.probes.readiness)
     container["livenessProbe"] = _probe(spec.probes.liveness)
     container["startupProbe"] = _probe(spec.probes.startup)
-    container["securityContext"] = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    container["securityContext"] = _security_context()
     container["volumeMounts"] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    if spec.model.fetched:
+        container["volumeMounts"].append(
+            {"name": MODEL_VOLUME, "mountPath": models.MODEL_MOUNT, "readOnly": True})
     if spec.runtime.drain_seconds:
         # Endpoints and proxies learn of a deletion a moment after the kubelet does: the pod
         # serves on meanwhile, and only then gets its SIGTERM.
@@ -166,7 +210,10 @@ def render_container(spec: models.ModelDeploymentSpec) -> dict[str, Any]:
 def render_pod_template(spec: models.ModelDeploymentSpec, meta: Meta) -> dict[str, Any]:
     """The pod template without the revision label (the revision is its hash)."""
     placement = spec.placement
-    pod_spec: dict[str, Any] = {
+    pod_spec: dict[str, Any] = {}
+    if spec.model.fetched:
+        pod_spec["initContainers"] = [render_fetch_container(spec, meta.fetcher_image)]
+    pod_spec.update({
         "containers": [render_container(spec)],
         "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
         "securityContext": {
@@ -180,7 +227,9 @@ def render_pod_template(spec: models.ModelDeploymentSpec, meta: Meta) -> dict[st
         "terminationGracePeriodSeconds": STOP_GRACE_SECONDS + spec.runtime.drain_seconds,
         # No traffic before this very pod passed its smoke tests: the operator opens the gate.
         "readinessGates": [{"conditionType": GATE}],
-    }
+    })
+    if spec.model.fetched:
+        pod_spec["volumes"].append({"name": MODEL_VOLUME, "emptyDir": {}})
     if placement.service_account_name:
         pod_spec["serviceAccountName"] = placement.service_account_name
     else:
