@@ -49,6 +49,7 @@ def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO,
             for obj in rendered.objects():
                 out.write(f"---\n# Source: {item.source} ({models.KIND}/{meta.name}, "
                           f"revision {rendered.revision})\n")
+                out.write(preset_note(spec, item.body))
                 out.write(crd.dump_yaml(obj))
         else:
             print(f"{item.label}: valid", file=out)
@@ -56,6 +57,20 @@ def _check(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO,
         print(f"no {models.KIND} found in {', '.join(args.filename)}", file=err)
         return 1
     return 1 if failed else 0
+
+
+def preset_note(spec: models.ModelDeploymentSpec, body: dict[str, Any]) -> str:
+    """Comment lines saying what a protocol preset made of the spec (what is not in the
+    rendered objects: the scoring path and the contract)."""
+    protocol = spec.runtime.protocol
+    if protocol == "custom":
+        return ""
+    given = (body.get("spec") or {}).get("schema") is not None
+    contract = "the spec's" if given else f"the {protocol} preset's"
+    return (f"# runtime.protocol {protocol} (what the spec sets itself wins): scoringPath "
+            f"{spec.runtime.scoring_path}; probes readiness {spec.probes.readiness.path}, "
+            f"liveness {spec.probes.liveness.path}, startup {spec.probes.startup.path}; "
+            f"schema {contract}\n")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -305,9 +305,11 @@ def test_a_pre_stop_sleep_keeps_a_deleted_pod_serving_then_it_is_stopped(
                                           insecureSkipDigest=True),
                 d["spec"]["runtime"].__setitem__("env", [{"name": "MODEL_PATH", "value": "/"}])),
      "spec.runtime.env"),
+    (lambda d: d["spec"].pop("schema"), "spec.schema"),
 ], ids=["absolute-path-cel", "digest-cel", "port-openapi", "duplicate-names-cel",
         "status-code-cel", "unknown-field", "long-name-cel", "surge-unavailable-cel",
-        "fetched-without-digest-cel", "credentials-for-file-cel", "model-path-cel"])
+        "fetched-without-digest-cel", "credentials-for-file-cel", "model-path-cel",
+        "schema-without-a-preset-cel"])
 def test_server_side_validation_rejects_invalid_model_deployments_naming_the_field(
     kubectl: Kubectl, crd: str, namespace: str, mutate: Any, field: str
 ) -> None:

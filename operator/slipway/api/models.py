@@ -21,7 +21,7 @@ import pydantic
 from pydantic import Field
 from pydantic.alias_generators import to_camel
 
-from slipway.api import jsonschemas
+from slipway.api import jsonschemas, presets
 
 GROUP = "slipway.dev"
 VERSION = "v1alpha1"
@@ -539,8 +539,15 @@ class Runtime(Base):
     port: Annotated[int, Field(ge=1, le=65535)] = Field(
         default=8080, description="Port the server listens on (also passed as PORT). Default 8080."
     )
+    protocol: Literal["custom", "v2", "v1"] = Field(
+        default="custom", description="Serving protocol preset. v2 (Open Inference Protocol: "
+        "MLServer, KServe, Triton): probes /v2/models/{model.name}/ready and /v2/health/live, "
+        "scoring /v2/models/{model.name}/infer, a V2 tensor schema. v1 (KServe V1): probes "
+        "/v1/models/{model.name} and /, scoring /v1/models/{model.name}:predict, instances in "
+        "and predictions out. custom (default): none. What the spec sets itself wins.")
     scoring_path: UrlPath = Field(
-        default="/score", description="Path of the scoring endpoint. Default /score."
+        default="/score", description="Path of the scoring endpoint. Default /score, or the "
+        "protocol's."
     )
     resources: Resources | None = Field(default=None, description="Requests and limits.")
     run_as_user: Annotated[int, Field(ge=1, le=2147483647)] = Field(
@@ -1046,14 +1053,37 @@ class ModelDeploymentSpec(Base):
             seen.add(test.name)
         return tests
 
-    model_config = pydantic.ConfigDict(json_schema_extra=_extra(x_kubernetes_validations=[
-        cel("!has(self.agreement) || !has(self.agreement.tests) || "
-            "self.agreement.tests.all(n, self.smokeTests.exists(t, t.name == n))",
-            "agreement.tests must name smoke tests of spec.smokeTests"),
-        cel(f"!self.model.uri.matches({cel_string(FETCHED_URI)}) || !has(self.runtime.env) || "
-            "self.runtime.env.all(e, e.name != 'MODEL_PATH')",
-            "MODEL_PATH is set by Slipway for an artifact it fetches (the file or folder under "
-            f"{MODEL_MOUNT})", field_path=".runtime.env")]))
+    @staticmethod
+    def _crd_schema(schema: dict[str, Any]) -> None:
+        # spec.schema may be left to a protocol preset: required by CEL for `custom` only
+        schema["required"] = [name for name in schema.get("required", []) if name != "schema"]
+        schema["x-kubernetes-validations"] = [
+            cel("!has(self.agreement) || !has(self.agreement.tests) || "
+                "self.agreement.tests.all(n, self.smokeTests.exists(t, t.name == n))",
+                "agreement.tests must name smoke tests of spec.smokeTests"),
+            cel(f"!self.model.uri.matches({cel_string(FETCHED_URI)}) || "
+                "!has(self.runtime.env) || self.runtime.env.all(e, e.name != 'MODEL_PATH')",
+                "MODEL_PATH is set by Slipway for an artifact it fetches (the file or folder "
+                f"under {MODEL_MOUNT})", field_path=".runtime.env"),
+            cel("has(self.schema) || (has(self.runtime.protocol) && "
+                "self.runtime.protocol != 'custom')",
+                "schema is required unless runtime.protocol (v2, v1) gives one",
+                field_path=".schema")]
+
+    model_config = pydantic.ConfigDict(json_schema_extra=_crd_schema)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _protocol_preset(cls, data: Any) -> Any:
+        """runtime.protocol v2/v1: the probes, scoring path and schema the spec leaves out."""
+        filled = presets.apply(data)
+        if isinstance(filled, dict) and filled.get("schema") is None and \
+                isinstance(filled.get("runtime"), dict):
+            protocol = filled["runtime"].get("protocol")
+            if protocol in (None, "custom"):
+                raise ValueError("schema: required (or runtime.protocol: v2 or v1, whose "
+                                 "preset gives one)")
+        return filled
 
     @pydantic.model_validator(mode="after")
     def _model_path_is_ours(self) -> ModelDeploymentSpec:
