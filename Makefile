@@ -22,7 +22,7 @@ binaries: $(STAMP)
 	@$(PY) -m slipway_dev.binaries
 
 ## The real third-party tools the tests run: Lua 5.4 and Prometheus (apt-get, as root), kstatus
-## and helm (built from the Go module proxy, cached).
+## and helm (built from the Go module proxy, cached), MLServer (PyPI, a cached virtualenv).
 tools: $(STAMP)
 	@$(PY) -m slipway_dev.tools
 
@@ -34,7 +34,7 @@ test: $(STAMP)
 	@$(PY) -m mypy
 	@echo "[test] control-plane binaries for the cluster tests"
 	@$(PY) -m slipway_dev.binaries
-	@echo "[test] third-party tools: Lua 5.4, promtool and Prometheus, kstatus, helm"
+	@echo "[test] third-party tools: Lua 5.4, promtool and Prometheus, kstatus, helm, MLServer"
 	@$(PY) -m slipway_dev.tools
 	@echo "[test] pytest (unit and cluster tests)"
 	@$(PY) -m pytest

@@ -104,10 +104,13 @@ class ImageTable:
 
     def placeholders(self) -> dict[str, str]:
         examples = str(self.path.parent)
+        from slipway_dev import tools  # the cache's layout; nothing is installed here
+
         return {
             "examples": examples,
             "bundle": os.path.join(examples, "bundle"),
             "python": self.python,
+            "mlserver": str(tools.mlserver_home() / "bin"),
         }
 
     def reload_if_changed(self) -> None:

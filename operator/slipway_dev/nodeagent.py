@@ -85,7 +85,7 @@ def own_paths(*more: str) -> list[str]:
     table's commands) and the container's working folder."""
     found = [sys.prefix, sys.base_prefix, str(pathlib.Path(__file__).resolve().parents[2]),
              *[m for m in more if m]]
-    return list(dict.fromkeys(found))
+    return [path for path in dict.fromkeys(found) if path.rstrip("/")]  # never "/" itself
 
 
 def _hides_own_files(target: str, *own: str) -> bool:

@@ -9,7 +9,10 @@ check, Flux's kstatus. The tests prove it with those tools, not with imitations:
 * ``kstatus``: a small Go program on ``sigs.k8s.io/cli-utils`` (``tests/tools/kstatus``),
   built once from the Go module proxy and cached like the control-plane binaries;
 * ``helm``: ``helm.sh/helm/v4``, built and cached the same way: the chart in ``charts/slipway``
-  is linted, rendered and installed with it.
+  is linted, rendered and installed with it;
+* ``mlserver``: Seldon's MLServer with its scikit-learn runtime, from PyPI, in a virtualenv of
+  its own under the cache (keyed by the pinned versions): the local cluster runs it as the
+  image ``docker.io/seldonio/mlserver:1.7.1-sklearn`` (``examples/images.yaml``).
 
 Debian packages are installed with ``apt-get`` when missing (CI runs as root); anything else
 says what to run. ``make test`` and ``make unit`` run this first::
@@ -20,7 +23,9 @@ says what to run. ``make test`` and ``make unit`` run this first::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -69,10 +74,46 @@ def ensure_debian(commands: Sequence[str], *, verbose: bool = True) -> dict[str,
     return {c: str(path) for c, path in paths.items()}
 
 
+# MLServer 1.7.1 as its own image pins it. Newer uvloop (0.22+) breaks its inference workers
+# ("There is no current event loop"), and scikit-learn, numpy and pandas are those of its day.
+MLSERVER_PINS = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "scikit-learn==1.6.1",
+                 "numpy==2.2.6", "pandas==2.2.3", "uvloop==0.21.0", "joblib==1.4.2")
+
+
+def mlserver_home() -> pathlib.Path:
+    """The virtualenv MLServer runs from: one per pin set and Python version."""
+    key = hashlib.sha256("\n".join(MLSERVER_PINS).encode()).hexdigest()[:8]
+    python = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    return binaries.cache_root() / f"mlserver-1.7.1-{python}-{key}"
+
+
+def ensure_mlserver(*, verbose: bool = True) -> pathlib.Path:
+    """The ``bin`` folder of MLServer's virtualenv, installed from PyPI when missing."""
+    home = mlserver_home()
+    stamp = home / ".installed"
+    if stamp.exists():
+        return home / "bin"
+    start = time.monotonic()
+    _log(verbose, f"installing MLServer into {home} (once; about a minute cold): "
+         f"{' '.join(MLSERVER_PINS)}")
+    shutil.rmtree(home, ignore_errors=True)
+    for args in ([sys.executable, "-m", "venv", str(home)],
+                 [str(home / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                  "--progress-bar", "off", "--disable-pip-version-check", *MLSERVER_PINS]):
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ToolsError(f"{' '.join(args[:4])}… failed (exit {done.returncode}):\n"
+                             f"{(done.stdout + done.stderr)[-2000:]}")
+    stamp.write_text("\n".join(MLSERVER_PINS) + "\n")
+    _log(verbose, f"installed MLServer in {time.monotonic() - start:.1f}s")
+    return home / "bin"
+
+
 def ensure_tools(*, verbose: bool = True) -> dict[str, str]:
     found = ensure_debian(sorted(DEBIAN_COMMANDS), verbose=verbose)
     found["kstatus"] = str(binaries.ensure_kstatus(verbose=verbose))
     found["helm"] = str(binaries.ensure_helm(verbose=verbose))
+    found["mlserver"] = str(ensure_mlserver(verbose=verbose) / "mlserver")
     return found
 
 

@@ -45,21 +45,23 @@ V4_GOOD = release("1.1.0")
 class Story:
     """Given/When/Then helpers around one ModelDeployment in one namespace."""
 
-    def __init__(self, kubectl: Kubectl, operator: Operator, namespace: str) -> None:
+    def __init__(self, kubectl: Kubectl, operator: Operator, namespace: str,
+                 name: str = NAME) -> None:
+        self.name = name
         self.kubectl = kubectl
         self.operator = operator
         self.namespace = namespace
         self.seen = 0  # events already asserted
 
     def diagnose(self) -> str:
-        return self.kubectl.describe("md", NAME, self.namespace) + "\n--- operator log:\n" + \
+        return self.kubectl.describe("md", self.name, self.namespace) + "\n--- operator log:\n" + \
             self.operator.tail(60)
 
     def apply(self, doc: dict[str, Any]) -> None:
         self.kubectl.apply(doc, self.namespace)
 
     def md(self) -> dict[str, Any]:
-        return self.kubectl.get("md", NAME, self.namespace)  # type: ignore[no-any-return]
+        return self.kubectl.get("md", self.name, self.namespace)  # type: ignore[no-any-return]
 
     def wait_phase(self, phase: str, timeout: float = 120,
                    each: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -78,7 +80,7 @@ class Story:
                           diagnose=self.diagnose)
 
     def md_events(self) -> list[dict[str, Any]]:
-        return [e for e in self.kubectl.events(self.namespace, NAME)
+        return [e for e in self.kubectl.events(self.namespace, self.name)
                 if e["involvedObject"]["kind"] == "ModelDeployment"]
 
     def expect_events(self, expected: list[tuple[str, str]], settle: float = 1.0) -> list[dict]:
@@ -97,17 +99,17 @@ class Story:
         return events
 
     def serving_image(self) -> str:
-        deployment = self.kubectl.get("deployment", NAME, self.namespace)
+        deployment = self.kubectl.get("deployment", self.name, self.namespace)
         return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
 
     def ready_pods(self) -> list[dict[str, Any]]:
         pods = self.kubectl.get("pods", namespace=self.namespace,
-                                selector=f"slipway.dev/model-deployment={NAME}")["items"]
+                                selector=f"slipway.dev/model-deployment={self.name}")["items"]
         return [p for p in pods if not p["metadata"].get("deletionTimestamp") and
                 (condition(p, "Ready") or {}).get("status") == "True"]
 
     def kubectl_wait_ready(self, timeout: str) -> bool:
-        result = self.kubectl.run("wait", "--for=condition=Ready", f"md/{NAME}", "-n",
+        result = self.kubectl.run("wait", "--for=condition=Ready", f"md/{self.name}", "-n",
                                   self.namespace, f"--timeout={timeout}", check=False,
                                   timeout=120)
         return result.returncode == 0
@@ -116,7 +118,7 @@ class Story:
         """A pod of the "-slow" release is up and its (4 s) smoke tests are running."""
         def under_test() -> bool:
             pods = self.kubectl.get("pods", namespace=self.namespace,
-                                    selector=f"slipway.dev/model-deployment={NAME}")["items"]
+                                    selector=f"slipway.dev/model-deployment={self.name}")["items"]
             return any(p["spec"]["containers"][0]["image"].endswith("-slow")
                        and (condition(p, "ContainersReady") or {}).get("status") == "True"
                        for p in pods)

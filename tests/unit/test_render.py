@@ -15,7 +15,7 @@ from slipway.logic import render
 from tests import pss
 from tests.conftest import EXAMPLES, GOLDEN
 
-EXAMPLE_FILES = ["minimal.yaml", "complete.yaml", "reference.yaml"]
+EXAMPLE_FILES = ["minimal.yaml", "complete.yaml", "reference.yaml", "mlserver-iris.yaml"]
 K8S_SCHEMA_VERSION = "1.36.0"
 
 

@@ -187,7 +187,8 @@ def test_invalid_spec_is_rejected_naming_the_field(
         assert line.startswith(f"{tmp_path / 'md.yaml'}: ModelDeployment/"), line
 
 
-@pytest.mark.parametrize("example", ["minimal.yaml", "complete.yaml", "reference.yaml"])
+@pytest.mark.parametrize("example", ["minimal.yaml", "complete.yaml", "reference.yaml",
+                                     "mlserver-iris.yaml"])
 def test_examples_are_valid(capsys: pytest.CaptureFixture[str], example: str) -> None:
     assert cli.main(["validate", "-f", str(EXAMPLES / example)]) == 0
     assert "valid" in capsys.readouterr().out
