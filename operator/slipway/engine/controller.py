@@ -55,6 +55,8 @@ SMOKE_ROUTE_ENV = "SLIPWAY_SMOKE_ROUTE"  # auto (default), direct, or proxy
 # The image of the init container that fetches an artifact: the operator's own, as the
 # manifests and the chart set it (render.DEFAULT_FETCHER_IMAGE when unset).
 FETCHER_IMAGE_ENV = "SLIPWAY_FETCHER_IMAGE"
+# While a pod's smoke tests run, its object is looked at again this often regardless.
+POD_LOOK_SECONDS = 10.0
 
 
 def fetcher_image() -> str:
@@ -1130,7 +1132,12 @@ class Reconciler:
             wait = not_before - time.monotonic()
             if wait > 0:
                 report.wake(wait)
-            elif not self.verifications.running(job):
+                return False
+            # The verdict brings a reconcile of its own; this look is a safety net, so that a
+            # pod whose verdict's wake-up went missing (a run the verifier lost, a reconcile
+            # that failed meanwhile) waits seconds for its gate, not the progress deadline.
+            report.wake(POD_LOOK_SECONDS)
+            if not self.verifications.running(job):
                 chosen, client = pod_smoke_target(meta, pod, spec.runtime.port)
                 reference = pod_smoke_target(meta, serving, spec.runtime.port)[0] \
                     if serving is not None else []
