@@ -120,6 +120,12 @@ def next_step(md: dict[str, Any], phase: str) -> str:
         return f"wait for the revert ({watch}); then fix the spec"
     if phase == "Invalid":
         return "fix the spec (the message says which field): it is not rolled out as it is"
+    if reason == lifecycle.ARTIFACT_DIGEST_MISMATCH:
+        return ("the artifact at spec.model.uri is not the one spec.model.digest names: check "
+                "it with `slipway digest`, fix the digest or the URI (a new generation)")
+    if reason == lifecycle.ARTIFACT_FETCH_FAILED:
+        return (f"make spec.model.uri reachable from the pods (URI, network, "
+                f"credentialsSecret), then {retry}")
     if reason == lifecycle.SMOKE_TESTS_NOT_RUN:
         return ("let the operator reach the pods (NetworkPolicy, port, the API server's proxy), "
                 f"then {retry}")

@@ -189,3 +189,15 @@ def test_colour_only_on_a_terminal_and_never_with_no_color() -> None:
     piped = _screen(terminal=False)
     assert "Ready" in piped and "\x1b[" not in piped
     assert "\x1b[3" not in _screen(terminal=True, NO_COLOR="1")  # no colour codes
+
+
+@pytest.mark.parametrize(("reason", "says"), [
+    ("ArtifactDigestMismatch", "`slipway digest`"),
+    ("ArtifactFetchFailed", "credentialsSecret"),
+    ("SmokeTestFailed", "the failed test and its answer"),
+])
+def test_the_next_step_of_a_rolled_back_release_follows_its_reason(reason: str,
+                                                                   says: str) -> None:
+    md = captured("rolled-back")
+    md["status"]["lastFailure"]["reason"] = reason
+    assert says in plugin.next_step(md, "RolledBack")
