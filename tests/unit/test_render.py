@@ -234,3 +234,13 @@ def test_a_fetching_pod_passes_the_schemas_and_restricted_pod_security() -> None
     out = rendered(_fetched("https://m.example/m.pkl", digest="sha256:" + "0" * 64))
     kubernetes_validate.validate(out.deployment, K8S_SCHEMA_VERSION, strict=True)
     assert pss.violations(out.deployment["spec"]["template"]["spec"]) == []
+
+
+def test_the_pod_annotation_shows_the_uri_without_its_credentials() -> None:
+    uri = "https://reader:hunter2@models.example/iris/model.pkl?X-Amz-Signature=abc#x"
+    out = rendered(_fetched(uri, digest="sha256:" + "1" * 64))
+    template = out.deployment["spec"]["template"]
+    assert template["metadata"]["annotations"]["slipway.dev/model-uri"] == \
+        "https://models.example/iris/model.pkl"
+    # the fetcher still gets the URI as written
+    assert template["spec"]["initContainers"][0]["env"][0]["value"] == uri

@@ -92,14 +92,7 @@ class FetchError(Exception):
         self.reason = reason
 
 
-def shown(uri: str) -> str:
-    """A URI as messages may show it: no user, password, query (a presigned URL's signature)
-    or fragment."""
-    parts = urllib.parse.urlsplit(uri)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+shown = artifact.shown
 
 
 def fetched_by_slipway(uri: str) -> bool:

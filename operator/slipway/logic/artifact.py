@@ -52,3 +52,13 @@ def model_path(uri: str, mount: str = models.MODEL_MOUNT) -> str:
     """``MODEL_PATH`` for the model server: the file, or the folder of an s3 prefix."""
     folder = f"{mount}/{ARTIFACT}"
     return folder if is_folder(uri) else f"{folder}/{file_name(uri)}"
+
+
+def shown(uri: str) -> str:
+    """A URI as messages, annotations and logs may show it: no user, password, query (a
+    presigned URL's signature) or fragment."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))

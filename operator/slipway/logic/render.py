@@ -248,7 +248,7 @@ def render_pod_template(spec: models.ModelDeploymentSpec, meta: Meta) -> dict[st
 
     labels = {**dict(sorted(placement.pod_labels.items())), **common_labels(spec, meta)}
     annotations = {**dict(sorted(placement.pod_annotations.items())),
-                   ANNOTATION_MODEL_URI: spec.model.uri}
+                   ANNOTATION_MODEL_URI: artifact.shown(spec.model.uri)}
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
 
 
