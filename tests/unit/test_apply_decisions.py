@@ -6,6 +6,7 @@ import contextvars
 import copy
 import threading
 import time
+from typing import Any
 
 import pytest
 import yaml
@@ -172,6 +173,43 @@ def test_coalescer_runs_once_more_for_events_that_arrive_during_a_run() -> None:
     release.set()
     worker.join(5)
     assert runs == [0, 1]
+
+
+def test_a_request_that_comes_as_a_run_ends_is_never_lost() -> None:
+    """The race a cluster run met: a verdict's wake-up came just as the object's reconcile
+    ended, between its last look at the dirty mark and its leaving; it was dropped, and the
+    pod's gate stayed closed until the progress deadline."""
+    import threading
+
+    class Lock:
+        """A lock that runs a hook (once) right after a release: a thread switch there."""
+
+        def __init__(self) -> None:
+            self.inner = threading.Lock()
+            self.after_release: Any = None
+
+        def __enter__(self) -> None:
+            self.inner.acquire()
+
+        def __exit__(self, *_: object) -> None:
+            self.inner.release()
+            hook, self.after_release = self.after_release, None
+            if hook is not None:
+                hook()
+
+    coalescer = controller.Coalescer()
+    lock = Lock()
+    coalescer._lock = lock  # type: ignore[assignment]
+    runs: list[str] = []
+
+    def reconcile() -> None:
+        runs.append("run")
+        if len(runs) == 1:  # the verdict's wake-up, as the run checks whether to go again
+            lock.after_release = lambda: coalescer.run(("ns", "md"), reconcile)
+
+    assert coalescer.run(("ns", "md"), reconcile) is True
+    assert runs == ["run", "run"], "the request that came at the end was dropped"
+    assert coalescer.run(("ns", "md"), lambda: None) is True  # nothing left held
 
 
 def test_a_stall_after_a_status_written_mid_reconcile_is_not_a_new_cause() -> None:

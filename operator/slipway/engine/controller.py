@@ -133,7 +133,13 @@ class Coalescer:
         self._dirty: set[tuple[str, str]] = set()
 
     def run(self, key: tuple[str, str], func: Callable[[], None]) -> bool:
-        """Run ``func`` now, or mark the key dirty if it already runs. Returns True if it ran."""
+        """Run ``func`` now, or mark the key dirty if it already runs. Returns True if it ran.
+
+        The run ends in the same critical section that finds the key clean: a request that
+        comes a moment later finds the key free and runs itself. (Ending it in a second one
+        let a request that came in between mark the key dirty, and the end then dropped that
+        mark: a verdict's wake-up lost, and a pod's gate left closed until the next change.)
+        """
         with self._lock:
             if key in self._running:
                 self._dirty.add(key)
@@ -144,12 +150,16 @@ class Coalescer:
                 func()
                 with self._lock:
                     if key not in self._dirty:
+                        self._running.discard(key)
                         return True
                     self._dirty.discard(key)
-        finally:
+        except BaseException:
+            # The caller retries a failed run (a Retry, or the next change): the mark goes
+            # with it
             with self._lock:
                 self._running.discard(key)
                 self._dirty.discard(key)
+            raise
 
 
 def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
