@@ -195,4 +195,4 @@ def test_a_digest_is_required_unless_the_user_says_no_verify(tmp_path: pathlib.P
                     str(tmp_path))
     assert bad.returncode == 64 and "is not sha256:" in bad.stderr
     refused = fetch_cli("--uri", "file:///etc/passwd", "--no-verify", "--dest", str(tmp_path))
-    assert refused.returncode == 1 and "fetches http://, https://, s3:// only" in refused.stderr
+    assert refused.returncode == 1 and "fetches http://, https:// and s3:// only" in refused.stderr

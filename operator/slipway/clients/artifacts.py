@@ -19,6 +19,7 @@ import shutil
 import stat
 import urllib.parse
 
+from slipway.api import models
 from slipway.logic import artifact, digest
 
 
@@ -74,10 +75,9 @@ def _raise(error: OSError) -> None:
 # --------------------------------------------------------------------------------------------
 # Fetching an artifact and checking it against its digest (``slipway fetch``)
 
-FETCHED_SCHEMES = ("http", "https", "s3")
 # The reasons a fetch fails with: the first word of the termination message.
-DIGEST_MISMATCH = "ArtifactDigestMismatch"
-FETCH_FAILED = "ArtifactFetchFailed"
+DIGEST_MISMATCH = artifact.DIGEST_MISMATCH
+FETCH_FAILED = artifact.FETCH_FAILED
 ARTIFACT = artifact.ARTIFACT
 RECORD = artifact.RECORD
 CHUNK = 1 << 20
@@ -93,10 +93,6 @@ class FetchError(Exception):
 
 
 shown = artifact.shown
-
-
-def fetched_by_slipway(uri: str) -> bool:
-    return artifact.fetched(uri)
 
 
 def _http(uri: str, into: pathlib.Path, timeout: float) -> pathlib.Path:
@@ -183,9 +179,9 @@ def fetch(uri: str, dest: str | os.PathLike[str], expected: str | None, *,
     """Fetch ``uri`` into ``dest``/artifact, check ``expected`` (None: not checked, the user's
     explicit choice), and write ``dest``/verified.json. FetchError otherwise, with nothing
     left at ``dest``/artifact."""
-    if not fetched_by_slipway(uri):
+    if not artifact.fetched(uri):
         raise FetchError(FETCH_FAILED, f"{shown(uri)}: Slipway fetches "
-                         f"{', '.join(s + '://' for s in FETCHED_SCHEMES)} only")
+                         f"{models.FETCHED_SCHEMES_SHOWN} only")
     if expected is not None and not digest.DIGEST.fullmatch(expected):
         raise FetchError(FETCH_FAILED, f"{expected!r} is not sha256: and 64 lowercase hex")
     root = pathlib.Path(dest)

@@ -22,6 +22,10 @@ from slipway.api import models
 ARTIFACT = "artifact"  # under the destination: the file, or the folder of an s3 prefix
 RECORD = "verified.json"  # under the destination: what was fetched and checked
 DEFAULT_NAME = "model"
+FETCH_CONTAINER = "fetch-model"  # the rendered init container that runs `slipway fetch`
+# Why a fetch failed: the first word of its termination message, and the release's reason.
+DIGEST_MISMATCH = "ArtifactDigestMismatch"
+FETCH_FAILED = "ArtifactFetchFailed"
 
 
 def fetched(uri: str) -> bool:

@@ -20,7 +20,7 @@ import dataclasses
 import datetime
 from typing import Any, Literal
 
-from slipway.logic import conditions, rollout
+from slipway.logic import artifact, conditions, rollout
 
 RETRY_ANNOTATION = "slipway.dev/retry"
 
@@ -41,9 +41,9 @@ DEADLINE = "ProgressDeadlineExceeded"
 CRASH_LOOP = "CrashLoop"
 IMAGE_PULL_FAILED = "ImagePullFailed"
 # The fetch init container's failures (the first word of its termination message)
-ARTIFACT_DIGEST_MISMATCH = "ArtifactDigestMismatch"
-ARTIFACT_FETCH_FAILED = "ArtifactFetchFailed"
-FETCH_CONTAINER = "fetch-model"  # render.FETCH_CONTAINER
+ARTIFACT_DIGEST_MISMATCH = artifact.DIGEST_MISMATCH
+ARTIFACT_FETCH_FAILED = artifact.FETCH_FAILED
+FETCH_CONTAINER = artifact.FETCH_CONTAINER
 ROLLING_BACK = "RollingBack"
 ROLLED_BACK = "RolledBack"
 ROLLBACK_FAILED = "RollbackFailed"

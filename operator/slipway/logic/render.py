@@ -34,7 +34,7 @@ ANNOTATION_MODEL_URI = "slipway.dev/model-uri"
 
 TMP_VOLUME = "tmp"
 MODEL_VOLUME = "model"  # the fetched artifact: written by the init container, read by the server
-FETCH_CONTAINER = "fetch-model"
+FETCH_CONTAINER = artifact.FETCH_CONTAINER
 # The operator's own image runs `slipway fetch` (no second image to maintain). The operator
 # takes it from SLIPWAY_FETCHER_IMAGE, which the manifests and the chart set to the image they
 # run; this default is the image of this very version.
